@@ -1,0 +1,171 @@
+"""Artifacts: a directory of model files plus manifest.json, written atomically.
+
+Everything a runtime needs to run an artifact is in its manifest (`runtime_config`), so runtimes never need to know how
+the artifact was made. Paths inside a manifest are relative and must stay inside the artifact directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import InputError
+
+MANIFEST = "manifest.json"
+MANIFEST_SCHEMA = "qdeploy.manifest/1"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
+    "vocab.json", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json", "config.json",
+    "generation_config.json",
+)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def safe_join(root: Path, relative: str) -> Path:
+    """Resolve a manifest path; absolute paths and escapes from `root` are refused before any file is opened."""
+    if not relative or os.path.isabs(relative) or Path(relative).drive:
+        raise InputError(f"path {relative!r} in {root} must be relative to the artifact directory")
+    resolved = (root / relative).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise InputError(f"path {relative!r} in {root} escapes the artifact directory")
+    return resolved
+
+
+@dataclass
+class Manifest:
+    format: str  # "pytorch" | "onnx" | "openvino"
+    model_file: str
+    precision: str
+    task: str
+    source: dict[str, Any]  # {"model": ..., "sha256": ...}
+    method: dict[str, Any] | None = None  # {"name": ..., "config": {...}}
+    parent: str | None = None
+    runtime_config: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    libraries: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    validation: dict[str, Any] = field(default_factory=dict)  # what the export was checked against, and how close
+    notes: list[str] = field(default_factory=list)
+    schema: str = MANIFEST_SCHEMA
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: Path) -> "Manifest":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"{where}: unknown manifest keys {sorted(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise InputError(f"{where}: malformed manifest ({exc})") from None
+
+
+@dataclass
+class Artifact:
+    directory: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    @property
+    def format(self) -> str:
+        return self.manifest.format
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.precision
+
+    @property
+    def model_path(self) -> Path:
+        return safe_join(self.directory, self.manifest.model_file)
+
+    def size_mb(self) -> float:
+        """Size of the model's own files (weights and graph), not tokenizer or manifest."""
+        model_files = [f for f in self.manifest.files if Path(f).name not in TOKENIZER_FILES]
+        total = sum(safe_join(self.directory, f).stat().st_size for f in model_files)
+        return round(total / 2**20, 2)
+
+    @classmethod
+    def load(cls, directory: str | Path, verify: bool = False) -> "Artifact":
+        directory = Path(directory)
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise InputError(f"{directory} is not a qdeploy artifact (no {MANIFEST}); create one with `qdeploy export`")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path} is not valid JSON ({exc})") from None
+        manifest = Manifest.from_dict(data, path)
+        for rel in [manifest.model_file, *manifest.files]:
+            safe_join(directory, rel)
+        artifact = cls(directory, manifest)
+        if verify:
+            artifact.verify()
+        return artifact
+
+    def verify(self) -> None:
+        for rel, expected in self.manifest.files.items():
+            path = safe_join(self.directory, rel)
+            if not path.is_file():
+                raise InputError(f"artifact {self.directory}: file {rel} is missing")
+            if sha256_file(path) != expected:
+                raise InputError(f"artifact {self.directory}: {rel} does not match its sha256 in the manifest; refusing to load")
+
+
+def copy_tokenizer(source_dir: Path, target_dir: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (source_dir / name).is_file():
+            shutil.copy2(source_dir / name, target_dir / name)
+
+
+@contextmanager
+def staging(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside `target`; rename it into place only when the block completes.
+
+    A crash, kill or full disk leaves a `.tmp-*` directory (never something that looks like a finished artifact).
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise InputError(f"{target} already exists; choose another --out or remove it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finalize(directory: Path, manifest: Manifest) -> Artifact:
+    """Hash every file and write manifest.json last (inside the staging directory)."""
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            files[path.relative_to(directory).as_posix()] = sha256_file(path)
+    manifest.files = files
+    tmp = directory / (MANIFEST + ".part")
+    tmp.write_text(manifest.to_json(), encoding="utf-8")
+    os.replace(tmp, directory / MANIFEST)
+    return Artifact(directory, manifest)

@@ -1,0 +1,21 @@
+"""One error base class; the CLI maps every QdeployError to exit code 2 and one line."""
+
+
+class QdeployError(Exception):
+    """A problem the user can fix: bad input, bad configuration, an unsupported combination."""
+
+
+class ConfigError(QdeployError):
+    """A plan, flag or option that is malformed, unknown or of the wrong type."""
+
+
+class InputError(QdeployError):
+    """A model, data file or artifact that is missing, empty or corrupt."""
+
+
+class UnsupportedError(QdeployError):
+    """A task, architecture, method or runtime that cannot handle the request (here, or at all)."""
+
+
+class ExportValidationError(QdeployError):
+    """An exported graph whose outputs differ from PyTorch beyond the tolerance."""

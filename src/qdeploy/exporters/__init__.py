@@ -1,0 +1,154 @@
+"""PyTorch model -> ONNX or OpenVINO IR artifact, always validated against PyTorch on real inputs.
+
+A format is one module that registers a `Format` (how to write the graph, which runtime validates it); this file holds
+what every format shares: loading, real example inputs, the reference outputs, staging and the validation gate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import runtimes
+from ..artifact import Artifact, Manifest, copy_tokenizer, finalize, staging
+from ..errors import ExportValidationError
+from ..machine import describe
+from ..models import ModelSource
+from ..registry import Registry
+from ..tasks import Architecture, architecture, load_model, task
+from ..textdata import builtin_path
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    validator_runtime: str
+    # (wrapped torch module, example inputs as a tuple of tensors, input names, output names, target dir, arch)
+    #   -> (model file name relative to the dir, runtime_config)
+    write: Callable[..., tuple[str, dict[str, Any]]]
+
+
+FORMATS: Registry[Format] = Registry("format")
+
+
+def _register_builtin() -> None:
+    from . import onnx_format, openvino_format  # noqa: F401
+
+
+def tokenizer_for(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def validation_batches(tokenizer, input_names: list[str]) -> list[dict[str, np.ndarray]]:
+    """Real held-out sentences: a padded batch of three (dynamic batch and padding) and one long sentence alone."""
+    lines = builtin_path("heldout.txt").read_text(encoding="utf-8").splitlines()
+    longest = max(lines, key=len)
+    batches = []
+    for texts in (lines[:3], [longest + " " + lines[3]]):
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="np")
+        batches.append({name: enc[name].astype(np.int64) for name in input_names})
+    return batches
+
+
+class _Wrapper:
+    """Positional inputs in the architecture's order, the task's outputs as a tuple: what exporters trace."""
+
+    @staticmethod
+    def build(model, input_names: tuple[str, ...], output_names: tuple[str, ...]):
+        import torch
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, *args):
+                out = self.model(**dict(zip(input_names, args)))
+                return tuple(out[name] for name in output_names)
+
+        return Wrapped().eval()
+
+
+def reference_outputs(model, batches: list[dict[str, np.ndarray]], output_names) -> list[dict[str, np.ndarray]]:
+    import torch
+
+    refs = []
+    with torch.inference_mode():
+        for batch in batches:
+            out = model(**{k: torch.from_numpy(v) for k, v in batch.items()})
+            refs.append({name: out[name].float().numpy().copy() for name in output_names})
+    return refs
+
+
+def compare(artifact: Artifact, runtime: str, batches, references, atol: float, rtol: float = 1e-3) -> dict[str, Any]:
+    session = runtimes.load(artifact, runtime)
+    worst = 0.0
+    for batch, ref in zip(batches, references):
+        got = session.run(batch)
+        for name, expected in ref.items():
+            actual = got[name]
+            if actual.shape != expected.shape:
+                raise ExportValidationError(
+                    f"{artifact.format} export: output {name} has shape {actual.shape}, PyTorch gives {expected.shape}")
+            excess = np.abs(actual - expected) - (atol + rtol * np.abs(expected))
+            diff = float(np.abs(actual - expected).max())
+            worst = max(worst, diff)
+            if (excess > 0).any() or not np.isfinite(actual).all():
+                raise ExportValidationError(
+                    f"{artifact.format} export failed validation on {runtime}: output {name} differs from PyTorch by "
+                    f"up to {diff:.3g} (tolerance {atol:g} + {rtol:g}*|x|); the graph is not faithful")
+    return {"runtime": runtime, "max_abs_diff": worst, "atol": atol, "rtol": rtol,
+            "batches": [list(next(iter(b.values())).shape) for b in batches]}
+
+
+def validate(artifact: Artifact, model_dir: Path | None = None, atol: float | None = None) -> dict[str, Any]:
+    """Re-check an existing artifact against its PyTorch source (raises ExportValidationError)."""
+    _register_builtin()
+    source_dir = Path(model_dir or artifact.manifest.source["path"])
+    model = load_model(source_dir, artifact.manifest.task)
+    arch = architecture(model.config.model_type)
+    batches = validation_batches(tokenizer_for(source_dir), list(artifact.manifest.inputs))
+    refs = reference_outputs(model, batches, artifact.manifest.outputs)
+    fmt = FORMATS.get(artifact.format)
+    return compare(artifact, fmt.validator_runtime, batches, refs, atol if atol is not None else arch.atol)
+
+
+def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, atol: float | None = None,
+           opset: int | None = None, trust_remote_code: bool = False, overwrite: bool = False,
+           progress: Progress | None = None) -> Artifact:
+    _register_builtin()
+    say = progress or (lambda message: None)
+    fmt = FORMATS.get(fmt_name)
+    the_task = task(task_name)
+    arch: Architecture = architecture(source.model_type)
+    say(f"loading {source.spec}")
+    model = load_model(source.path, task_name, trust_remote_code)
+    tokenizer = tokenizer_for(source.path)
+    input_names = [n for n in arch.inputs if n in tokenizer.model_input_names or n == "attention_mask"]
+    batches = validation_batches(tokenizer, input_names)
+    # References first: tracing for export can leave the module in a state whose eager outputs differ.
+    references = reference_outputs(model, batches, the_task.outputs)
+    example = tuple(__import__("torch").from_numpy(v) for v in batches[0].values())
+    wrapped = _Wrapper.build(model, tuple(input_names), the_task.outputs)
+    with staging(Path(out), overwrite=overwrite) as tmp:
+        say(f"exporting to {fmt_name}")
+        model_file, runtime_config = fmt.write(wrapped, example, input_names, list(the_task.outputs), tmp,
+                                               opset or arch.opset)
+        copy_tokenizer(source.path, tmp)
+        manifest = Manifest(
+            format=fmt_name, model_file=model_file, precision="fp32", task=task_name, source=source.describe(),
+            runtime_config=runtime_config, inputs=input_names, outputs=list(the_task.outputs),
+            libraries=describe()["libraries"],
+        )
+        finalize(tmp, manifest)
+        say(f"validating {fmt_name} against PyTorch")
+        manifest.validation = compare(Artifact(tmp, manifest), fmt.validator_runtime, batches, references,
+                                      atol if atol is not None else arch.atol)
+        finalize(tmp, manifest)
+    return Artifact.load(out)

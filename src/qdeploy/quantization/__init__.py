@@ -1,0 +1,112 @@
+"""One verb, `quantize(artifact, config)`, and one registered function per config type (as in torchao).
+
+A method module defines a frozen config dataclass and a function `(parent, config, calibration, target_dir, ctx)
+-> (model_file, precision, runtime_config, notes)`; this file does everything every method shares: checks, staging,
+the tokenizer, the manifest and its hashes.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..artifact import Artifact, Manifest, copy_tokenizer, finalize, staging
+from ..calibration import CalibrationSource
+from ..config import build, to_dict
+from ..errors import UnsupportedError
+from ..machine import describe
+from ..registry import Registry
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config: type
+    input_format: str
+    apply: Callable[..., tuple[str, str, dict[str, Any], list[str]]]
+    needs_calibration: bool = False
+    description: str = ""
+
+
+METHODS: Registry[Method] = Registry("method")
+_BY_CONFIG: dict[type, Method] = {}
+
+
+def register(name: str, config: type, input_format: str, needs_calibration: bool = False, description: str = ""):
+    def add(fn):
+        method = Method(name, config, input_format, fn, needs_calibration, description)
+        METHODS.register(name)(method)
+        _BY_CONFIG[config] = method
+        return fn
+
+    return add
+
+
+def _register_builtin() -> None:
+    from . import nncf_methods, ort_methods, precision  # noqa: F401
+
+
+def method(name: str) -> Method:
+    _register_builtin()
+    return METHODS.get(name)
+
+
+def names() -> list[str]:
+    _register_builtin()
+    return METHODS.names()
+
+
+def make_config(name: str, options: dict[str, Any] | None = None):
+    return build(method(name).config, options, f"method {name}")
+
+
+@dataclass
+class Context:
+    """What a method may use besides its config: the tokenizer (for calibration) and a progress callback."""
+    tokenizer: Any
+    progress: Progress
+
+
+def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationSource | None = None,
+             progress: Progress | None = None, overwrite: bool = False) -> Artifact:
+    _register_builtin()
+    the_method = _BY_CONFIG.get(type(config))
+    if the_method is None:
+        raise UnsupportedError(f"no method registered for config {type(config).__name__}")
+    if parent.format != the_method.input_format:
+        raise UnsupportedError(f"method {the_method.name} needs a {the_method.input_format} artifact, "
+                               f"{parent.directory} is {parent.format}")
+    if parent.precision != "fp32":
+        raise UnsupportedError(f"method {the_method.name} starts from an fp32 artifact; {parent.directory} is {parent.precision}")
+    calibration = calibration or CalibrationSource()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(parent.directory))
+    ctx = Context(tokenizer, progress or (lambda message: None))
+    with staging(Path(out), overwrite=overwrite) as tmp:
+        model_file, precision, runtime_config, notes = the_method.apply(parent, config, calibration, tmp, ctx)
+        copy_tokenizer(parent.directory, tmp)
+        method_record = {"name": the_method.name, "config": to_dict(config)}
+        if the_method.needs_calibration:
+            method_record["calibration"] = to_dict(calibration)
+        manifest = Manifest(
+            format=parent.format, model_file=model_file, precision=precision, task=parent.manifest.task,
+            source=parent.manifest.source, method=method_record, parent=parent.name,
+            runtime_config=runtime_config, inputs=list(parent.manifest.inputs), outputs=list(parent.manifest.outputs),
+            libraries=describe()["libraries"], notes=notes,
+        )
+        finalize(tmp, manifest)
+    return Artifact.load(out)
+
+
+def copy_model_files(parent: Artifact, target: Path) -> str:
+    """Copy the parent's graph and its weight files (for methods that only change how the model runs)."""
+    for rel in parent.manifest.files:
+        src = parent.directory / rel
+        if src.suffix in (".xml", ".bin", ".onnx", ".data"):
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target / rel)
+    return parent.manifest.model_file

@@ -1,0 +1,77 @@
+"""NNCF on OpenVINO models: post-training quantization (w8a8) and weight-only compression."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..artifact import Artifact
+from ..errors import InputError
+from . import register
+
+MODEL_FILE = "openvino_model.xml"
+# The NNCF-made int8 model is still compiled with f32 for the parts that stay in float.
+RUNTIME_CONFIG = {"openvino": {"INFERENCE_PRECISION_HINT": "f32"}}
+
+
+def _read(parent: Artifact):
+    import openvino as ov
+
+    return ov.Core().read_model(str(parent.model_path))
+
+
+def _save(model, target: Path) -> str:
+    import openvino as ov
+
+    ov.save_model(model, str(target / MODEL_FILE), compress_to_fp16=False)
+    return MODEL_FILE
+
+
+@dataclass(frozen=True)
+class NncfPtq:
+    preset: Literal["performance", "mixed"] = "mixed"
+    fast_bias_correction: bool = True
+    smooth_quant_alpha: float | None = None  # None: NNCF's default for transformers
+    ignored_names: tuple[str, ...] = ()
+
+
+@register("nncf-ptq", NncfPtq, "openvino", needs_calibration=True,
+          description="NNCF post-training int8 quantization of the OpenVINO model (transformer preset)")
+def nncf_ptq(parent: Artifact, config: NncfPtq, calibration, target: Path, ctx):
+    import nncf
+
+    model = _read(parent)
+    dataset = calibration.nncf_dataset(ctx.tokenizer, list(parent.manifest.inputs))
+    advanced = None
+    if config.smooth_quant_alpha is not None:
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+        advanced = AdvancedQuantizationParameters(
+            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=config.smooth_quant_alpha))
+    ctx.progress(f"nncf-ptq: calibrating on {calibration.samples} samples from {calibration.spec}")
+    try:
+        quantized = nncf.quantize(
+            model, dataset, preset=getattr(nncf.QuantizationPreset, config.preset.upper()),
+            model_type=nncf.ModelType.TRANSFORMER, subset_size=len(dataset.get_data()) if hasattr(dataset, "get_data") else calibration.samples,
+            fast_bias_correction=config.fast_bias_correction,
+            ignored_scope=nncf.IgnoredScope(names=list(config.ignored_names), validate=True) if config.ignored_names else None,
+            advanced_parameters=advanced)
+    except nncf.ValidationError as exc:
+        raise InputError(f"nncf-ptq: {exc}") from None
+    return _save(quantized, target), "int8", dict(RUNTIME_CONFIG), [f"preset {config.preset}, model_type transformer"]
+
+
+@dataclass(frozen=True)
+class NncfWeightInt8:
+    mode: Literal["int8_asym", "int8_sym"] = "int8_asym"
+
+
+@register("nncf-weight-int8", NncfWeightInt8, "openvino",
+          description="NNCF weight-only int8 compression (activations stay in float)")
+def nncf_weight_int8(parent: Artifact, config: NncfWeightInt8, calibration, target: Path, ctx):
+    import nncf
+
+    ctx.progress("nncf-weight-int8: compressing weights")
+    mode = {"int8_asym": nncf.CompressWeightsMode.INT8_ASYM, "int8_sym": nncf.CompressWeightsMode.INT8_SYM}[config.mode]
+    compressed = nncf.compress_weights(_read(parent), mode=mode)
+    return _save(compressed, target), "int8-weights", dict(RUNTIME_CONFIG), [f"mode {config.mode}"]

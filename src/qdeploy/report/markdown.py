@@ -1,0 +1,212 @@
+"""Render a qdeploy report (schema ``qdeploy.report/1``) as GitHub-flavoured Markdown.
+
+Standard library only and no imports from the rest of ``qdeploy`` so that a report
+can be rendered on a machine without the heavy runtimes installed. Older or partial
+reports may miss any optional key, so every lookup tolerates absence or ``None``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DASH = "–"
+_FIXED_COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
+                  "throughput/s", "speed-up", "size MB", "peak RSS MB"]
+# Text columns stay left-aligned; everything else is numeric and reads better right-aligned.
+_TEXT_COLUMNS = {"variant", "runtime", "precision", "note"}
+
+
+def _num(value: Any) -> float | None:
+    # bool is an int subclass: a stray true/false must not be rendered as 1/0.
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
+    number = _num(value)
+    if number is None:
+        return DASH if value is None or value == "" else str(value)
+    return f"{number:.{digits}f}{suffix}"
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _md(value: Any) -> str:
+    """Make a report string safe inside a Markdown table cell or list item."""
+    if value is None:
+        return DASH
+    text = str(value).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+    return " ".join(text.splitlines())
+
+
+def _quality_digits(quality: dict) -> int:
+    # Cosine-like scores sit in [0, 1], where the 3rd/4th decimal is the signal;
+    # percent-scale scores (e.g. Spearman x100) would only show noise at 4 decimals.
+    for key in ("value", "fp32_value", "delta"):
+        number = _num(quality.get(key))
+        if number is not None:
+            return 4 if abs(number) <= 1 else 2
+    return 4
+
+
+def _fmt_quality(quality: Any) -> str:
+    if not isinstance(quality, dict):
+        return DASH
+    digits = _quality_digits(quality)
+    text = _fmt(quality.get("value"), digits)
+    delta = _num(quality.get("delta"))
+    if delta is not None:
+        text += f" (Δ {delta:+.{digits}f})"
+    return text
+
+
+def _qualities(row: dict) -> dict[str, dict]:
+    # Older reports carry only the primary `quality`; newer ones list all of them in
+    # `qualities`. Merge both so neither source is lost; the first mention wins.
+    found: dict[str, dict] = {}
+    for quality in _list(row.get("qualities")) + [row.get("quality")]:
+        if isinstance(quality, dict) and quality.get("metric") is not None:
+            found.setdefault(str(quality["metric"]), quality)
+    return found
+
+
+def _noisy(row: dict) -> str:
+    if not row.get("noisy"):
+        return ""
+    cv = _num(row.get("cv"))
+    return f"⚠ cv {cv * 100:.0f}%" if cv is not None else "⚠ noisy"
+
+
+def _shape_key(shape: tuple) -> tuple:
+    # Missing batch/seq_len must still sort deterministically (after the known ones).
+    return tuple((_num(part) is None, _num(part) or 0.0, str(part)) for part in shape)
+
+
+def _groups(results: list) -> list[tuple[tuple, list[dict]]]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in results:
+        if isinstance(row, dict):
+            # str() keeps a malformed (unhashable) batch or seq_len from breaking grouping.
+            shape = tuple(v if isinstance(v, (int, float, str, type(None))) else str(v)
+                          for v in (row.get("batch"), row.get("seq_len")))
+            groups.setdefault(shape, []).append(row)
+    return sorted(groups.items(), key=lambda item: _shape_key(item[0]))
+
+
+def _metrics(rows: list[dict]) -> list[str]:
+    metrics: list[str] = []
+    for row in rows:
+        for metric in _qualities(row):
+            if metric not in metrics:
+                metrics.append(metric)
+    return metrics
+
+
+def _row_cells(row: dict, metrics: list[str]) -> list[str]:
+    latency = _dict(row.get("latency_ms"))
+    qualities = _qualities(row)
+    return [_md(row.get("variant")), _md(row.get("runtime")), _md(row.get("precision")),
+            _fmt(latency.get("p50")), _fmt(latency.get("p90")), _fmt(latency.get("p99")),
+            _fmt(row.get("throughput_per_s"), 1), _fmt(row.get("speedup_vs_fp32"), 2, "×"),
+            _fmt(row.get("size_mb"), 1), _fmt(row.get("peak_rss_mb"), 0)] + \
+        [_md(_fmt_quality(qualities.get(metric))) for metric in metrics] + [_noisy(row)]
+
+
+def _table(rows: list[dict]) -> list[str]:
+    metrics = _metrics(rows)
+    header = _FIXED_COLUMNS + [_md(metric) for metric in metrics] + ["note"]
+    align = [":---" if name in _TEXT_COLUMNS else "---:" for name in header]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(_row_cells(row, metrics)) + " |" for row in rows]
+    return lines
+
+
+def _machine(machine: dict) -> list[str]:
+    lines = ["## Machine", ""]
+    cores = []
+    if machine.get("cores_physical") is not None:
+        cores.append(f"{_md(machine['cores_physical'])} physical")
+    if machine.get("cores_logical") is not None:
+        cores.append(f"{_md(machine['cores_logical'])} logical")
+    cpu = _md(machine.get("cpu_model") or "unknown CPU")
+    if cores:
+        cpu += " — " + " / ".join(cores) + " cores"
+    if _num(machine.get("memory_gb")) is not None:
+        cpu += f", {_fmt(machine['memory_gb'], 1)} GB RAM"
+    lines.append(f"- **CPU:** {cpu}")
+    flags = [_md(name) for name, on in _dict(machine.get("isa")).items() if on is True]
+    lines.append(f"- **ISA:** {', '.join(flags) if flags else 'none of the tracked extensions'}")
+    if machine.get("onednn_isa_cap"):
+        lines.append(f"- **oneDNN ISA cap:** {_md(machine['onednn_isa_cap'])}")
+    for key, label in (("os", "OS"), ("python", "Python")):
+        if machine.get(key):
+            lines.append(f"- **{label}:** {_md(machine[key])}")
+    libraries = [f"{_md(name)} {_md(version)}"
+                 for name, version in _dict(machine.get("libraries")).items() if version]
+    if libraries:
+        lines.append(f"- **Libraries:** {' · '.join(libraries)}")
+    providers = [_md(p) for p in _list(machine.get("execution_providers"))]
+    if providers:
+        lines.append(f"- **ONNX Runtime providers:** {', '.join(providers)}")
+    return lines
+
+
+def _settings(settings: dict) -> list[str]:
+    if not settings:
+        return []
+    items = [f"{_md(key)} **{_md(value)}**" for key, value in settings.items()]
+    return ["## Settings", "", " · ".join(items)]
+
+
+def _skipped(skipped: list) -> list[str]:
+    lines = ["## Skipped", ""]
+    entries = [s for s in skipped if isinstance(s, dict)]
+    if not entries:
+        return lines + ["Nothing was skipped."]
+    for entry in entries:
+        where = _md(entry.get("variant"))
+        if entry.get("runtime"):
+            where += f" on {_md(entry['runtime'])}"
+        lines.append(f"- **{where}:** {_md(entry.get('reason') or 'no reason given')}")
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    """Return the report as a Markdown document (ends with a newline)."""
+    report = _dict(report)
+    model = _dict(report.get("model"))
+    title = f"# qdeploy report — {_md(model.get('source') or 'unknown model')}"
+    if model.get("task"):
+        title += f" ({_md(model['task'])})"
+    meta = [f"{label} {_md(report[key])}" for key, label in
+            (("created", "created"), ("qdeploy_version", "qdeploy"), ("schema", "schema"))
+            if report.get(key)]
+    if model.get("sha256"):
+        meta.append(f"model sha256 `{_md(str(model['sha256'])[:12])}`")
+    lines = [title, ""] + ([" · ".join(meta), ""] if meta else [])
+    lines += _machine(_dict(report.get("machine"))) + [""]
+    settings = _settings(_dict(report.get("settings")))
+    lines += settings + ([""] if settings else [])
+
+    lines += ["## Results", ""]
+    groups = _groups(_list(report.get("results")))
+    if not groups:
+        lines += ["There are no benchmark results to show.", ""]
+    else:
+        lines += ["Speed-up is relative to PyTorch eager fp32 at the same batch size and "
+                  "sequence length; quality cells show the value and its delta (Δ) to fp32.", ""]
+    for (batch, seq_len), rows in groups:
+        lines += [f"### batch {_md(batch)} · seq_len {_md(seq_len)}", ""] + _table(rows) + [""]
+    lines += _skipped(_list(report.get("skipped")))
+    return "\n".join(lines).rstrip() + "\n"

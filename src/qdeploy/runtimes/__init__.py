@@ -1,0 +1,67 @@
+"""One adapter over every backend: `load(artifact) -> Session`, `session.run(inputs) -> outputs`.
+
+Runtimes never import exporters or quantization: all they need is in the artifact's manifest (`runtime_config`).
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..errors import UnsupportedError
+from ..registry import Registry
+
+
+class Session(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class Runtime(Protocol):
+    name: str
+    formats: tuple[str, ...]
+
+    def unavailable_reason(self) -> str | None:
+        """None when this runtime can run here, else why not (a missing package or execution provider)."""
+
+    def supports(self, artifact: Artifact) -> bool: ...
+
+    def load(self, artifact: Artifact, threads: int | None = None) -> Session: ...
+
+
+RUNTIMES: Registry[Runtime] = Registry("runtime")
+
+
+def get(name: str) -> Runtime:
+    _register_builtin()
+    return RUNTIMES.get(name)
+
+
+def names() -> list[str]:
+    _register_builtin()
+    return RUNTIMES.names()
+
+
+def load(artifact: Artifact, runtime: str, threads: int | None = None) -> Session:
+    rt = get(runtime)
+    reason = rt.unavailable_reason()
+    if reason:
+        available = [n for n, r in RUNTIMES if r.unavailable_reason() is None]
+        raise UnsupportedError(f"runtime {runtime} is not available here: {reason}; available: {', '.join(available)}")
+    if not rt.supports(artifact):
+        raise UnsupportedError(f"runtime {runtime} cannot run {artifact.format} artifacts (it runs: {', '.join(rt.formats)})")
+    return rt.load(artifact, threads)
+
+
+_registered = False
+
+
+def _register_builtin() -> None:
+    # Importing the modules registers them; kept lazy so `import qdeploy` stays cheap.
+    global _registered
+    if not _registered:
+        _registered = True
+        from . import onnxruntime_rt, openvino_rt, torch_rt  # noqa: F401

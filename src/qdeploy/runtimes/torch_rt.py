@@ -1,0 +1,48 @@
+"""PyTorch eager: the fp32 baseline every speed-up is measured against."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..tasks import load_model, task
+from . import RUNTIMES
+
+
+class TorchSession:
+    def __init__(self, artifact: Artifact, threads: int | None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.model = load_model(artifact.directory, artifact.manifest.task,
+                                trust_remote_code=bool(artifact.manifest.runtime_config.get("trust_remote_code")))
+        self.input_names = list(artifact.manifest.inputs)
+        self.output_names = list(task(artifact.manifest.task).outputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()})
+        return {name: out[name].float().numpy() for name in self.output_names}
+
+
+class TorchRuntime:
+    name = "torch"
+    formats = ("pytorch",)
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            return "torch is not installed"
+        return None
+
+    def supports(self, artifact: Artifact) -> bool:
+        return artifact.format in self.formats
+
+    def load(self, artifact: Artifact, threads: int | None = None) -> TorchSession:
+        return TorchSession(artifact, threads)
+
+
+RUNTIMES.register("torch")(TorchRuntime())

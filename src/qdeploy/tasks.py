@@ -1,0 +1,70 @@
+"""Tasks and architectures qdeploy can export: one registration each, looked up by name or `model_type`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UnsupportedError
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    auto_class: str  # the transformers Auto* class that loads the model
+    outputs: tuple[str, ...]
+    default_metric: str  # the fidelity metric used when no evaluation file is given
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the exporter needs to know about a family of models (inputs, tolerance)."""
+    model_type: str
+    inputs: tuple[str, ...]
+    atol: float = 1e-4  # fp32 export vs PyTorch, max abs difference on real inputs
+    opset: int = 17
+    max_positions_key: str = "max_position_embeddings"
+
+
+TASKS: Registry[Task] = Registry("task")
+ARCHITECTURES: Registry[Architecture] = Registry("architecture")
+
+for _task in (
+    Task("feature-extraction", "AutoModel", ("last_hidden_state",), "cosine"),
+    Task("text-classification", "AutoModelForSequenceClassification", ("logits",), "agreement"),
+):
+    TASKS.register(_task.name)(_task)
+
+_BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_NO_TYPE_INPUTS = ("input_ids", "attention_mask")
+for _arch in (
+    Architecture("bert", _BERT_INPUTS),
+    Architecture("electra", _BERT_INPUTS),
+    Architecture("albert", _BERT_INPUTS),
+    Architecture("mpnet", _NO_TYPE_INPUTS),
+    Architecture("roberta", _NO_TYPE_INPUTS),
+    Architecture("xlm-roberta", _NO_TYPE_INPUTS),
+    Architecture("distilbert", _NO_TYPE_INPUTS),
+):
+    ARCHITECTURES.register(_arch.model_type)(_arch)
+
+
+def task(name: str) -> Task:
+    return TASKS.get(name)
+
+
+def architecture(model_type: str) -> Architecture:
+    if model_type not in ARCHITECTURES:
+        raise UnsupportedError(
+            f"architecture {model_type!r} is not supported yet; supported: {', '.join(ARCHITECTURES.names())}"
+        )
+    return ARCHITECTURES.get(model_type)
+
+
+def load_model(model_dir, task_name: str, trust_remote_code: bool = False):
+    """Load the PyTorch model for a task in eval mode, fp32, from safetensors."""
+    import transformers
+
+    auto = getattr(transformers, task(task_name).auto_class)
+    model = auto.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code, use_safetensors=True,
+                                 dtype="float32")
+    return model.eval()
