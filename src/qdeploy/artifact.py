@@ -150,6 +150,9 @@ def staging(target: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a finished artifact gets the usual permissions
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -52,7 +52,7 @@ def nncf_ptq(parent: Artifact, config: NncfPtq, calibration, target: Path, ctx):
     try:
         quantized = nncf.quantize(
             model, dataset, preset=getattr(nncf.QuantizationPreset, config.preset.upper()),
-            model_type=nncf.ModelType.TRANSFORMER, subset_size=len(dataset.get_data()) if hasattr(dataset, "get_data") else calibration.samples,
+            model_type=nncf.ModelType.TRANSFORMER, subset_size=calibration.batch_count(),
             fast_bias_correction=config.fast_bias_correction,
             ignored_scope=nncf.IgnoredScope(names=list(config.ignored_names), validate=True) if config.ignored_names else None,
             advanced_parameters=advanced)

@@ -1,6 +1,7 @@
 """ONNX Runtime int8: dynamic (weights int8, activations quantized on the fly) and static QDQ (calibrated)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,42 @@ def weight_matmuls(model_path: Path) -> list[str]:
     weights = {init.name for init in model.graph.initializer}
     weights |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)]
+
+
+ACTIVATIONS = {"Erf", "Gelu", "FastGelu", "BiasGelu", "Relu", "Tanh", "Sigmoid"}
+
+
+def ffn_matmuls(model_path: Path) -> set[str]:
+    """The feed-forward MatMuls of each block: the one feeding the activation function and the one it feeds.
+
+    Their inputs carry the widest activation ranges of a transformer (GELU outputs and the outlier channels of the
+    attention block's LayerNorm): per-tensor int8 there costs MiniLM about 0.07 of embedding cosine (0.925 vs 0.997).
+    Found from the graph's structure, not from layer names.
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def near(start, step, hops=4):
+        frontier, seen = [start], []
+        for _ in range(hops):
+            frontier = [n for node in frontier for n in step(node)]
+            seen += frontier
+        return seen
+
+    up_of = lambda node: [producer[i] for i in node.input if i in producer]
+    down_of = lambda node: [c for o in node.output for c in consumers.get(o, [])]
+    found = set()
+    for node in graph.node:
+        if node.op_type in ACTIVATIONS:
+            found |= {n.name for n in near(node, up_of) if n.op_type == "MatMul"}
+            found |= {n.name for n in near(node, down_of) if n.op_type == "MatMul"}
+    return found
 
 
 def _check(nodes: list[str], parent: Artifact) -> list[str]:
@@ -80,6 +117,7 @@ class OrtStatic:
     activation_type: INT8_TYPES | None = None
     weight_type: INT8_TYPES = "qint8"
     weight_matmuls_only: bool = True
+    ffn_int8: bool = False  # True also quantizes the feed-forward MatMuls: faster, but see ffn_matmuls()
     exclude: tuple[str, ...] = ()
 
 
@@ -91,8 +129,12 @@ def ort_static(parent: Artifact, config: OrtStatic, calibration, target: Path, c
     reduce_range = (not has_vnni()) if config.reduce_range is None else config.reduce_range
     activation = config.activation_type or ("qint8" if has_vnni() else "quint8")
     nodes = _check(weight_matmuls(parent.model_path), parent) if config.weight_matmuls_only else None
-    if nodes is not None and config.exclude:
-        nodes = [n for n in nodes if n not in config.exclude]
+    kept_float = set(config.exclude) | (set() if config.ffn_int8 else ffn_matmuls(parent.model_path))
+    if nodes is not None:
+        nodes = _check([n for n in nodes if n not in kept_float], parent)
+    if config.calibration_method != "minmax":
+        # Histogram calibrators stack every batch's activations: they need one shape for all batches.
+        calibration = dataclasses.replace(calibration, padding="max_length")
     reader = calibration.ort_reader(ctx.tokenizer, list(parent.manifest.inputs))
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration_method]
@@ -101,11 +143,13 @@ def ort_static(parent: Artifact, config: OrtStatic, calibration, target: Path, c
         # quantize_static keeps its augmented model in a temporary directory of its own, not the working directory.
         quantize_static(str(parent.model_path), str(target / MODEL_FILE), reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-                        nodes_to_exclude=list(config.exclude) or None, per_channel=config.per_channel,
+                        nodes_to_exclude=sorted(kept_float) or None, per_channel=config.per_channel,
                         reduce_range=reduce_range, activation_type=_qtype(activation),
                         weight_type=_qtype(config.weight_type), calibrate_method=method)
     except Exception as exc:
         raise _onnx_error(exc, parent) from exc
     notes = [f"activations {activation}, weights {config.weight_type}, reduce_range={reduce_range}",
-             f"{len(nodes) if nodes else 'all'} MatMul nodes quantized; attention-mask arithmetic kept in float"]
+             f"{len(nodes) if nodes else 'all'} MatMul nodes quantized; kept in float: attention-mask arithmetic, "
+             f"activation-by-activation MatMuls, {len(kept_float)} excluded MatMuls"
+             + ("" if config.ffn_int8 else " (feed-forward, see ffn_int8)")]
     return MODEL_FILE, "int8", {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL"}}, notes

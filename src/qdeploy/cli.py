@@ -1,0 +1,301 @@
+"""The `qdeploy` command. Every flag of `run` is one plan key (see plan.py); errors are one line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from .errors import ConfigError, QdeployError
+
+EPILOG_RUN = """examples:
+  qdeploy run                                   # the default plan on all-MiniLM-L6-v2
+  qdeploy run --eval stsb=../shared/data/stsb/sts-test.tsv
+  qdeploy run --model ../shared/models/minilm-l6-sst2 --task text-classification \\
+              --eval accuracy=../shared/data/sst2/dev.tsv
+  qdeploy run --methods ort-dynamic,nncf-ptq --runtimes torch,ort-cpu,openvino-cpu --batch-sizes 1 --seq-len 64
+  qdeploy run --plan my-plan.yaml --out runs/today
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other user error
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _csv(kind):
+    def parse(value: str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            return [kind(v) for v in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {value!r}")
+    return parse
+
+
+def _eval_pairs(pairs):
+    evals = {}
+    for pair in pairs or []:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--eval {pair!r} must look like METRIC=PATH (e.g. stsb=sts-test.tsv)")
+        evals[name] = path
+    return evals
+
+
+def _add_run(sub):
+    p = sub.add_parser("run", help="export, quantize, run and measure a model; write a report",
+                       description="Run a plan (the built-in default when no flag is given). Each flag overrides the "
+                                   "plan key of the same name.", epilog=EPILOG_RUN,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", type=Path, help="plan file (YAML); flags override its keys")
+    p.add_argument("--model", help="local model directory or Hugging Face hub id (default: all-MiniLM-L6-v2)")
+    p.add_argument("--task", help="feature-extraction | text-classification")
+    p.add_argument("--methods", help="comma-separated quantization methods (see `qdeploy list`)")
+    p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
+                   help="a method option, e.g. ort-static.per_channel=false (repeatable)")
+    p.add_argument("--runtimes", type=_csv(str), help="comma-separated runtimes (see `qdeploy list`)")
+    p.add_argument("--calibration", help="calibration text: builtin, a .txt/.tsv/.csv/.jsonl file, or FILE:COLUMN")
+    p.add_argument("--calibration-samples", type=int, help="number of calibration samples (default 128)")
+    p.add_argument("--eval", action="append", metavar="METRIC=PATH", help="quality metric on a file (repeatable)")
+    p.add_argument("--batch-sizes", type=_csv(int), help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--seq-len", type=int, help="sequence length of benchmark inputs (default 128)")
+    p.add_argument("--threads", type=int, help="threads per session (default: physical cores)")
+    p.add_argument("--warmup", type=int, help="warm-up iterations per measurement")
+    p.add_argument("--min-reps", type=int, help="minimum timed iterations per measurement")
+    p.add_argument("--min-time-s", type=float, help="minimum timed seconds per measurement")
+    p.add_argument("--out", help="output directory (default runs/<model>-<timestamp>); never overwritten")
+    p.add_argument("--allow-pickle", action="store_true", default=None, help="allow pytorch_model.bin (pickle) weights")
+    p.add_argument("--trust-remote-code", action="store_true", default=None, help="run the model repository's own code")
+
+
+def _plan_from_args(args):
+    from . import plan as plans
+
+    base = plans.load(args.plan) if args.plan else plans.default()
+    data = base.to_dict()
+    simple = {"model": args.model, "task": args.task, "runtimes": args.runtimes, "batch_sizes": args.batch_sizes,
+              "seq_len": args.seq_len, "threads": args.threads, "warmup": args.warmup, "min_reps": args.min_reps,
+              "min_time_s": args.min_time_s, "out": args.out, "allow_pickle": args.allow_pickle,
+              "trust_remote_code": args.trust_remote_code}
+    data.update({k: v for k, v in simple.items() if v is not None})
+    if args.methods is not None:
+        data["methods"] = [{"name": m.strip(), "options": {}} for m in args.methods.split(",") if m.strip()]
+    if args.option:
+        by_name = {m["name"]: m for m in data["methods"]}
+        for pair in args.option:
+            target, sep, value = pair.partition("=")
+            method, dot, key = target.rpartition(".")
+            if not sep or not dot or method not in by_name:
+                raise ConfigError(f"--option {pair!r} must look like METHOD.KEY=VALUE with METHOD one of the run's "
+                                  f"methods ({', '.join(by_name) or 'none'})")
+            by_name[method]["options"][key] = value
+    if args.calibration is not None:
+        data["calibration"]["source"] = args.calibration
+    if args.calibration_samples is not None:
+        data["calibration"]["samples"] = args.calibration_samples
+    if args.eval:
+        data["eval"] = {**data["eval"], **_eval_pairs(args.eval)}
+    return plans.from_dict(data, where="run flags")
+
+
+def cmd_run(args, console):
+    from . import pipeline
+    from .report import load_report
+
+    plan = _plan_from_args(args)
+    with _progress(console) as progress:
+        report_path = pipeline.run(plan, progress)
+    _print_table(console, load_report(report_path.parent))
+    print(report_path)
+
+
+def cmd_export(args, console):
+    from . import exporters, models
+
+    source = models.resolve(args.model, allow_pickle=args.allow_pickle)
+    with _progress(console) as progress:
+        artifact = exporters.export(source, args.task, args.format, Path(args.out), opset=args.opset,
+                                    trust_remote_code=args.trust_remote_code, progress=progress.log)
+    v = artifact.manifest.validation
+    console.print(f"validated on {v['runtime']}: max |diff| {v['max_abs_diff']:.2e} (atol {v['atol']})")
+    print(artifact.directory)
+
+
+def cmd_quantize(args, console):
+    from . import quantization
+    from .artifact import Artifact
+    from .calibration import CalibrationSource
+    from .config import parse_options
+
+    parent = Artifact.load(args.artifact, verify=True)
+    config = quantization.make_config(args.method, parse_options(args.option))
+    calibration = CalibrationSource(args.calibration, samples=args.calibration_samples)
+    with _progress(console) as progress:
+        artifact = quantization.quantize(parent, config, Path(args.out), calibration, progress=progress.log)
+    for note in artifact.manifest.notes:
+        console.print(f"  {note}")
+    print(artifact.directory)
+
+
+def cmd_bench(args, console):
+    from . import runtimes
+    from .artifact import Artifact
+    from .benchmarking import LatencyScenario, benchmark_inputs, measure_latency
+    from transformers import AutoTokenizer
+    from rich.table import Table
+
+    scenario = LatencyScenario(warmup=args.warmup, min_reps=args.min_reps, min_time_s=args.min_time_s)
+    table = Table("artifact", "runtime", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "items/s", "cv")
+    for directory in args.artifacts:
+        artifact = Artifact.load(directory, verify=True)
+        names = [args.runtime] if args.runtime else [n for n in runtimes.names()
+                                                   if runtimes.get(n).supports(artifact)
+                                                   and runtimes.get(n).unavailable_reason() is None]
+        tokenizer = AutoTokenizer.from_pretrained(str(artifact.directory))
+        for runtime in names:
+            session = runtimes.load(artifact, runtime, args.threads)
+            for batch in args.batch_sizes:
+                inputs = benchmark_inputs(tokenizer, list(artifact.manifest.inputs), batch, args.seq_len)
+                m = measure_latency(session.run, inputs, scenario)
+                table.add_row(artifact.name, runtime, str(batch), str(args.seq_len), f"{m.latency_ms['p50']:.2f}",
+                              f"{m.latency_ms['p90']:.2f}", f"{m.latency_ms['p99']:.2f}", f"{m.throughput_per_s:.1f}",
+                              f"{m.cv:.1%}" + (" noisy" if m.noisy else ""))
+    console.print(table)
+
+
+def cmd_list(args, console):
+    from rich.console import Console
+
+    from . import evaluation, quantization, runtimes
+    from .tasks import ARCHITECTURES, TASKS
+
+    console = Console()
+
+    console.print("[bold]methods[/bold]")
+    for name in quantization.names():
+        m = quantization.method(name)
+        console.print(f"  {name:18} ({m.input_format}) {m.description}")
+    console.print("[bold]runtimes[/bold]")
+    for name in runtimes.names():
+        reason = runtimes.get(name).unavailable_reason()
+        console.print(f"  {name:18} {'available' if reason is None else 'unavailable: ' + reason}")
+    console.print("[bold]metrics[/bold]")
+    for name in evaluation.names():
+        m = evaluation.metric(name)
+        console.print(f"  {name:18} [{', '.join(m.tasks)}] {m.description}")
+    console.print(f"[bold]tasks[/bold] {', '.join(TASKS.names())}")
+    console.print(f"[bold]architectures[/bold] {', '.join(ARCHITECTURES.names())}")
+
+
+def _progress(console):
+    from .cli_progress import RichProgress
+
+    return RichProgress(console)
+
+
+def _print_table(console, report):
+    from rich.table import Table
+
+    table = Table(title=f"{report['model']['source']} ({report['model']['task']}) on {report['machine']['cpu_model']}")
+    for column in ("variant", "runtime", "batch", "p50 ms", "speed-up", "size MB", "quality", "Δ vs fp32"):
+        table.add_column(column, justify="left" if column in ("variant", "runtime") else "right")
+    for row in report["results"]:
+        q = row.get("quality") or {}
+        speed = row.get("speedup_vs_fp32")
+        table.add_row(row["variant"], row["runtime"], str(row["batch"]), f"{row['latency_ms']['p50']:.2f}",
+                      f"{speed:.2f}x" if speed else "-", f"{row['size_mb']:.1f}",
+                      f"{q.get('metric')} {q.get('value'):.4f}" if q else "-",
+                      f"{q['delta']:+.4f}" if q.get("delta") is not None else "-")
+    console.print(table)
+    for skip in report.get("skipped", []):
+        console.print(f"[yellow]not run[/yellow] {skip['variant']} on {skip['runtime']}: {skip['reason']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="qdeploy", description="Export, quantize, run and measure Hugging Face transformers models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    _add_run(sub)
+    p = sub.add_parser("export", help="export a model to ONNX or OpenVINO IR, validated against PyTorch")
+    p.add_argument("--model", help="local model directory or hub id (default: all-MiniLM-L6-v2)")
+    p.add_argument("--task", default="feature-extraction", help="feature-extraction | text-classification")
+    p.add_argument("--format", required=True, choices=["onnx", "openvino"])
+    p.add_argument("--out", required=True, help="artifact directory to create")
+    p.add_argument("--opset", type=int, help="ONNX opset (default per architecture, 17)")
+    p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p = sub.add_parser("quantize", help="quantize an fp32 artifact with one method")
+    p.add_argument("artifact", help="an artifact directory made by `qdeploy export`")
+    p.add_argument("--method", required=True, help="see `qdeploy list`")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a method option (repeatable)")
+    p.add_argument("--calibration", default="builtin", help="builtin, a text/TSV/CSV/JSONL file, or FILE:COLUMN")
+    p.add_argument("--calibration-samples", type=int, default=128)
+    p.add_argument("--out", required=True, help="artifact directory to create")
+    p = sub.add_parser("bench", help="measure latency of artifacts on their runtimes")
+    p.add_argument("artifacts", nargs="+")
+    p.add_argument("--runtime", help="one runtime (default: every available runtime that supports the artifact)")
+    p.add_argument("--batch-sizes", type=_csv(int), default=[1, 8])
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--min-reps", type=int, default=20)
+    p.add_argument("--min-time-s", type=float, default=2.0)
+    sub.add_parser("list", help="methods, runtimes, metrics, tasks and architectures qdeploy knows")
+    return parser
+
+
+COMMANDS = {"run": cmd_run, "export": cmd_export, "quantize": cmd_quantize, "bench": cmd_bench, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    # Progress and tables go to stderr; stdout carries only the result path, for scripts.
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        _quiet_libraries()
+        COMMANDS[args.command or "run"](args if args.command else build_parser().parse_args(["run"]), console)
+        return 0
+    except QdeployError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"qdeploy: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qdeploy: interrupted; finished artifacts were kept, unfinished ones removed", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: short message, traceback in a log
+        if debug:
+            traceback.print_exc()
+        fd, log = tempfile.mkstemp(prefix="qdeploy-error-", suffix=".log")
+        with os.fdopen(fd, "w") as fh:
+            traceback.print_exc(file=fh)
+        print(f"qdeploy: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              f"(traceback in {log})", file=sys.stderr)
+        return 1
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    for name in ("nncf", "transformers", "torch", "openvino"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Quality of a session against the fp32 PyTorch model: one module per metric, registered by name.
+
+A metric takes a session and data and returns a value (and the raw outputs, so fidelity metrics can compare a variant
+with the baseline's outputs on the same inputs). Leaves: nothing here knows how an artifact was made.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..registry import Registry
+from ..textdata import builtin_path
+
+
+@dataclass
+class EvalContext:
+    tokenizer: Any
+    input_names: list[str]
+    batch_size: int = 32
+    max_length: int = 128
+    reference: dict[str, Any] = field(default_factory=dict)  # metric name -> the fp32 baseline's raw outputs
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    tasks: tuple[str, ...]
+    # (session, ctx, path or None) -> (value, raw outputs for ctx.reference)
+    evaluate: Callable[..., tuple[float, Any]]
+    needs_path: bool
+    description: str
+    scale: str = "unit"  # "unit" for 0..1 values, "points" for x100 scores
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def register(name: str, tasks: tuple[str, ...], needs_path: bool, description: str, scale: str = "unit"):
+    def add(fn):
+        METRICS.register(name)(Metric(name, tasks, fn, needs_path, description, scale))
+        return fn
+
+    return add
+
+
+def _register_builtin() -> None:
+    from . import classification, embeddings  # noqa: F401
+
+
+def metric(name: str) -> Metric:
+    _register_builtin()
+    return METRICS.get(name)
+
+
+def names() -> list[str]:
+    _register_builtin()
+    return METRICS.names()
+
+
+def heldout_texts() -> list[str]:
+    return builtin_path("heldout.txt").read_text(encoding="utf-8").splitlines()
+
+
+def encode(texts: list[str], ctx: EvalContext) -> Iterator[dict[str, np.ndarray]]:
+    for start in range(0, len(texts), ctx.batch_size):
+        enc = ctx.tokenizer(texts[start:start + ctx.batch_size], padding=True, truncation=True,
+                            max_length=ctx.max_length, return_tensors="np")
+        yield {name: enc[name].astype(np.int64) for name in ctx.input_names}
+
+
+def check_path(path: str | Path | None, name: str) -> Path:
+    from ..errors import ConfigError, InputError
+
+    if not path:
+        raise ConfigError(f"metric {name} needs a file: --eval {name}=PATH")
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"evaluation file for {name} does not exist: {path}")
+    return path

@@ -1,0 +1,73 @@
+"""Sentence-embedding quality: cosine to the fp32 embeddings, and STS-benchmark Spearman correlation."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from ..errors import InputError
+from . import EvalContext, check_path, encode, heldout_texts, register
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean over real tokens (how all-MiniLM-L6-v2 and most sentence-transformers pool)."""
+    weights = mask[..., None].astype(np.float32)
+    return (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+
+
+def embed(session, texts: list[str], ctx: EvalContext) -> np.ndarray:
+    out = []
+    for batch in encode(texts, ctx):
+        hidden = session.run(batch)["last_hidden_state"]
+        out.append(mean_pool(hidden, batch["attention_mask"]))
+    return np.concatenate(out)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+
+@register("cosine", ("feature-extraction",), needs_path=False,
+          description="mean cosine similarity of mean-pooled embeddings to the fp32 PyTorch embeddings, on held-out built-in sentences")
+def cosine(session, ctx: EvalContext, path=None):
+    embeddings = embed(session, heldout_texts(), ctx)
+    reference = ctx.reference.get("cosine")
+    if reference is None:
+        return 1.0, embeddings
+    sims = (_normalize(embeddings) * _normalize(reference)).sum(axis=1)
+    return float(sims.mean()), embeddings
+
+
+def read_sts(path) -> tuple[list[str], list[str], np.ndarray]:
+    """STS-benchmark TSV: genre, file, year, id, score, sentence1, sentence2 (extra columns after sentence2 ignored)."""
+    first, second, scores = [], [], []
+    with open(path, encoding="utf-8", newline="") as fh:
+        try:
+            for number, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+                if not row:
+                    continue
+                if len(row) < 7:
+                    raise InputError(f"{path}:{number} has {len(row)} columns; STS-benchmark rows have at least 7")
+                try:
+                    scores.append(float(row[4]))
+                except ValueError:
+                    raise InputError(f"{path}:{number}: score {row[4]!r} is not a number") from None
+                first.append(row[5])
+                second.append(row[6])
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path} is not UTF-8 text ({exc.reason})") from None
+    if not scores:
+        raise InputError(f"{path} holds no STS pairs")
+    return first, second, np.array(scores)
+
+
+@register("stsb", ("feature-extraction",), needs_path=True, scale="points",
+          description="STS-benchmark Spearman correlation x100 between cosine of embeddings and the gold scores")
+def stsb(session, ctx: EvalContext, path=None):
+    from scipy.stats import spearmanr
+
+    first, second, gold = read_sts(check_path(path, "stsb"))
+    a = _normalize(embed(session, first, ctx))
+    b = _normalize(embed(session, second, ctx))
+    rho = spearmanr((a * b).sum(axis=1), gold).statistic
+    return float(rho * 100.0), None

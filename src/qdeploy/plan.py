@@ -1,0 +1,111 @@
+"""The plan: what `qdeploy run` does. Every flag of `run` is one key here; the no-argument default is plans/default.yaml.
+
+Parsed into typed, frozen dataclasses; unknown keys and wrong types are errors; nothing in a plan is executed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .config import build, to_dict
+from .errors import ConfigError, InputError
+
+PLAN_SCHEMA = "qdeploy.plan/1"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    source: str = "builtin"
+    samples: int = 128
+    seed: int = 0
+    max_length: int = 128
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str | None = None  # None: the built-in default, all-MiniLM-L6-v2
+    task: str = "feature-extraction"
+    methods: tuple[MethodSpec, ...] = ()
+    runtimes: tuple[str, ...] = ("torch", "ort-cpu", "ort-cuda", "ort-openvino", "openvino-cpu")
+    batch_sizes: tuple[int, ...] = (1, 8)
+    seq_len: int = 128
+    calibration: CalibrationSpec = CalibrationSpec()
+    eval: dict[str, str] = field(default_factory=dict)  # metric -> file
+    out: str | None = None
+    threads: int | None = None  # None: the physical core count
+    warmup: int = 5
+    min_reps: int = 20
+    min_time_s: float = 2.0
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = to_dict(self)
+        data["methods"] = [{"name": m.name, "options": dict(m.options)} for m in self.methods]
+        data["calibration"] = to_dict(self.calibration)
+        data["eval"] = dict(self.eval)
+        return {"schema": PLAN_SCHEMA, **data}
+
+
+def _method_specs(raw: Any) -> tuple[MethodSpec, ...]:
+    if isinstance(raw, str):
+        raw = [m for m in raw.split(",") if m.strip()]
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(f"plan.methods must be a list, got {raw!r}")
+    specs = []
+    for item in raw:
+        if isinstance(item, str):
+            specs.append(MethodSpec(item.strip()))
+        elif isinstance(item, dict):
+            unknown = set(item) - {"name", "options"}
+            if unknown or "name" not in item:
+                raise ConfigError(f"plan.methods entries are a name or {{name, options}}; got keys {sorted(item)}")
+            options = item.get("options") or {}
+            if not isinstance(options, dict):
+                raise ConfigError(f"plan.methods[{item['name']}].options must be a mapping")
+            specs.append(MethodSpec(str(item["name"]), dict(options)))
+        else:
+            raise ConfigError(f"plan.methods entry {item!r} must be a name or a mapping")
+    return tuple(specs)
+
+
+def from_dict(data: dict[str, Any], where: str = "plan") -> Plan:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of plan keys")
+    data = dict(data)
+    schema = data.pop("schema", PLAN_SCHEMA)
+    if schema != PLAN_SCHEMA:
+        raise ConfigError(f"{where}: schema {schema!r} is not {PLAN_SCHEMA!r}")
+    methods = _method_specs(data.pop("methods", []))
+    calibration = build(CalibrationSpec, data.pop("calibration", None), f"{where}.calibration")
+    evals = data.pop("eval", None) or {}
+    if not isinstance(evals, dict) or not all(isinstance(v, str) for v in evals.values()):
+        raise ConfigError(f"{where}.eval must map metric names to file paths")
+    plan = build(Plan, data, where)
+    return replace(plan, methods=methods, calibration=calibration, eval=dict(evals))
+
+
+def load(path: str | Path) -> Plan:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"plan file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # safe_load: a plan can never construct objects
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"plan file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return from_dict(data or {}, where=str(path))
+
+
+def default() -> Plan:
+    return load(Path(str(resources.files("qdeploy") / "plans" / "default.yaml")))
