@@ -1,30 +1,17 @@
 """Tests for the Markdown and HTML report renderers.
 
-The renderers are loaded by file path so the tests do not depend on
-``qdeploy/__init__.py`` or ``qdeploy/report/__init__.py`` (which may import heavy
-runtimes or not exist yet).
+A hand-built report of the qdeploy.report/1 schema, so every optional field can be varied.
 """
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
-REPORT_DIR = Path(__file__).resolve().parents[1] / "src" / "qdeploy" / "report"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_qdeploy_report_{name}", REPORT_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render_markdown = _load("markdown").render_markdown
-render_html = _load("html").render_html
+from qdeploy.report.html import render_html
+from qdeploy.report.markdown import render_markdown
 
 
 def _row(variant, runtime, precision, p50, p90, speedup, delta, *, batch=1, seq_len=128,
@@ -179,7 +166,7 @@ def test_html_pareto_front(report):
 
 
 def test_pareto_helper():
-    pareto = _load("html")._pareto
+    from qdeploy.report.html import _pareto as pareto
     points = [(1.0, 0.0), (2.0, -0.01), (1.5, -0.02), (2.0, -0.01), (0.9, 0.0)]
     assert pareto(points) == {0, 1, 3}
 

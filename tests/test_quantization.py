@@ -1,0 +1,87 @@
+"""Every method of the end-to-end slice on the real SST-2 classifier: accuracy stays within a point of fp32."""
+import numpy as np
+import pytest
+
+from qdeploy import evaluation, quantization, runtimes
+from qdeploy.artifact import Artifact
+from qdeploy.calibration import CalibrationSource
+from qdeploy.errors import ConfigError, UnsupportedError
+
+from .conftest import SHARED, SST2_DEV
+
+CALIBRATION = CalibrationSource(str(SHARED / "data" / "sst2" / "train-sample.tsv"), samples=64)
+
+
+def _accuracy(artifact, runtime, path):
+    from transformers import AutoTokenizer
+
+    ctx = evaluation.EvalContext(AutoTokenizer.from_pretrained(str(artifact.directory)), list(artifact.manifest.inputs))
+    value, _ = evaluation.metric("accuracy").evaluate(runtimes.load(artifact, runtime), ctx, path)
+    return value
+
+
+@pytest.fixture(scope="module")
+def sst2_dev():
+    return SST2_DEV
+
+
+@pytest.fixture(scope="module")
+def fp32_accuracy(sst2_onnx, sst2_dev):
+    return _accuracy(sst2_onnx, "ort-cpu", sst2_dev)
+
+
+@pytest.mark.parametrize("method,runtime", [("ort-dynamic", "ort-cpu"), ("ort-static", "ort-cpu"),
+                                            ("nncf-ptq", "openvino-cpu"), ("nncf-weight-int8", "openvino-cpu")])
+def test_int8_keeps_accuracy(method, runtime, sst2_onnx, sst2_openvino, sst2_dev, fp32_accuracy, tmp_path):
+    parent = sst2_onnx if runtime == "ort-cpu" else sst2_openvino
+    artifact = quantization.quantize(parent, quantization.make_config(method), tmp_path / method, CALIBRATION)
+    assert artifact.manifest.method["name"] == method
+    assert artifact.manifest.parent == parent.name
+    assert artifact.size_mb() < 0.7 * parent.size_mb()
+    Artifact.load(artifact.directory, verify=True)
+    assert fp32_accuracy == pytest.approx(0.8865, abs=0.002)  # PyTorch fp32 on all 872 rows: 0.8865
+    assert abs(_accuracy(artifact, runtime, sst2_dev) - fp32_accuracy) <= 0.01 + 1e-9
+
+
+def test_static_default_keeps_feed_forward_in_float(sst2_onnx, tmp_path):
+    from qdeploy.quantization.ort_methods import ffn_matmuls, weight_matmuls
+
+    ffn = ffn_matmuls(sst2_onnx.model_path)
+    assert len(ffn) == 12  # 6 layers x (up, down)
+    assert ffn < set(weight_matmuls(sst2_onnx.model_path))
+    artifact = quantization.quantize(sst2_onnx, quantization.make_config("ort-static"), tmp_path / "s", CALIBRATION)
+    import onnx
+
+    graph = onnx.load(str(artifact.model_path)).graph
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    consumers = {n.name: n for n in graph.node if n.op_type == "MatMul"}
+    for name in ffn:
+        assert not any(i in {d for d in dequantized} for i in consumers[name].input[:1] if i.endswith("_quantized"))
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+
+
+def test_method_options_are_typed():
+    assert quantization.make_config("ort-static", {"per_channel": "false"}).per_channel is False
+    with pytest.raises(ConfigError, match="unknown option.*bogus"):
+        quantization.make_config("ort-dynamic", {"bogus": 1})
+    with pytest.raises(ConfigError, match="must be one of minmax, entropy, percentile"):
+        quantization.make_config("ort-static", {"calibration_method": "kl"})
+    with pytest.raises(ConfigError, match="unknown method 'gptq'"):
+        quantization.make_config("gptq")
+
+
+def test_wrong_input_format_is_refused(sst2_onnx, tmp_path):
+    with pytest.raises(UnsupportedError, match="needs a openvino artifact"):
+        quantization.quantize(sst2_onnx, quantization.make_config("nncf-ptq"), tmp_path / "x")
+
+
+def test_empty_calibration_file(sst2_onnx, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    from qdeploy.errors import InputError
+
+    with pytest.raises(InputError, match="holds no text samples"):
+        quantization.quantize(sst2_onnx, quantization.make_config("ort-static"), tmp_path / "x",
+                              CalibrationSource(str(empty)))
+    assert not (tmp_path / "x").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
