@@ -22,7 +22,7 @@ EPILOG_RUN = """examples:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other user error
-        raise ConfigError(f"{self.prog}: {message}")
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
 def _csv(kind):
