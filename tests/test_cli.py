@@ -22,7 +22,7 @@ def small_run(tmp_path_factory):
     dev.write_text("\n".join(SST2_DEV.read_text(encoding="utf-8").splitlines()[:201]) + "\n", encoding="utf-8")
     out = tmp / "out"
     proc = qdeploy("run", "--model", SST2_MODEL, "--task", "text-classification",
-                   "--methods", "ort-dynamic,nncf-weight-int8", "--runtimes", "torch,ort-cpu,openvino-cpu,ort-cuda",
+                   "--methods", "ort-dynamic,nncf-weight-int8", "--runtimes", "auto",
                    "--eval", f"accuracy={dev}", "--batch-sizes", "1,2", "--seq-len", "32",
                    "--warmup", "1", "--min-reps", "3", "--min-time-s", "0", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -72,6 +72,9 @@ def test_artifacts_and_human_reports(small_run):
 @pytest.mark.parametrize("args,message", [
     (["run", "--methods", "gptq"], "unknown method 'gptq'; choose from: "),
     (["run", "--runtimes", "tensorflow"], "unknown runtime 'tensorflow'; choose from: "),
+    (["run", "--runtimes", "torch,ort-cuda"], "runtime ort-cuda is not available: execution provider "
+                                              "CUDAExecutionProvider is not in this onnxruntime build"),
+    (["run", "--resume", "/nonexistent-run"], "--resume needs the directory of an earlier run"),
     (["run", "--model", "./does/not/exist"], "model directory ./does/not/exist does not exist"),
     (["run", "--model", "someone/some-model"], "could not be fetched from the Hugging Face hub"),
     (["run", "--task", "summarization"], "unknown task 'summarization'; choose from: feature-extraction"),
@@ -88,7 +91,8 @@ def test_user_errors_are_one_line_exit_2(args, message, tmp_path, capsys, monkey
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code = main([*args, *(["--out", str(tmp_path / "o")] if args[0] == "run" else [])])
+    adds_out = args[0] == "run" and "--resume" not in args
+    code = main([*args, *(["--out", str(tmp_path / "o")] if adds_out else [])])
     err = capsys.readouterr().err
     assert code == 2, err
     lines = err.strip().splitlines()

@@ -50,7 +50,7 @@ def test_every_run_flag_is_a_plan_key():
 
     parser = build_parser()
     run = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "run")[1]
-    flags = {a.dest for a in run._actions if a.dest not in ("help", "plan", "option")}
+    flags = {a.dest for a in run._actions if a.dest not in ("help", "plan", "option", "resume")}
     keys = set(plans.Plan.__dataclass_fields__) | {"calibration_samples"}
     assert flags <= keys, flags - keys
 
@@ -77,15 +77,15 @@ def test_staging_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("crash mid-write")
     assert list(tmp_path.iterdir()) == []
     with staging(target) as tmp:
-        (tmp / "model.onnx").write_bytes(b"whole")
-        finalize(tmp, Manifest(format="onnx", model_file="model.onnx", precision="fp32", task="x", source={}))
+        (tmp / "model.xml").write_bytes(b"whole")
+        finalize(tmp, Manifest(format="openvino", model_file="model.xml", precision="fp32", task="x", source={}))
     loaded = Artifact.load(target, verify=True)
-    assert loaded.manifest.files == {"model.onnx": json.loads((target / "manifest.json").read_text())["files"]["model.onnx"]}
+    assert loaded.manifest.files == {"model.xml": json.loads((target / "manifest.json").read_text())["files"]["model.xml"]}
     assert oct(os.stat(target).st_mode & 0o777) != oct(0o700)
     with pytest.raises(InputError, match="already exists"):
         with staging(target):
             pass
-    (target / "model.onnx").write_bytes(b"tampered")
+    (target / "model.xml").write_bytes(b"tampered")
     with pytest.raises(InputError, match="does not match its sha256"):
         Artifact.load(target, verify=True)
 

@@ -118,6 +118,8 @@ class Artifact:
         for rel in [manifest.model_file, *manifest.files]:
             safe_join(directory, rel)
         artifact = cls(directory, manifest)
+        if manifest.format == "onnx":
+            check_onnx_external_data(artifact.model_path)
         if verify:
             artifact.verify()
         return artifact
@@ -129,6 +131,27 @@ class Artifact:
                 raise InputError(f"artifact {self.directory}: file {rel} is missing")
             if sha256_file(path) != expected:
                 raise InputError(f"artifact {self.directory}: {rel} does not match its sha256 in the manifest; refusing to load")
+
+
+def check_onnx_external_data(model_path: Path) -> None:
+    """Every external-data location of an ONNX graph must be a relative path inside the graph's directory.
+
+    Checked on the graph alone (no tensor data loaded), before ONNX Runtime or onnx would open those files.
+    """
+    import onnx
+
+    if not model_path.is_file():
+        raise InputError(f"ONNX graph {model_path} is missing")
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise InputError(f"{model_path} is not a readable ONNX graph ({type(exc).__name__})") from None
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            safe_join(model_path.parent, location)
 
 
 def copy_tokenizer(source_dir: Path, target_dir: Path) -> None:

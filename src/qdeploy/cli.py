@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from pathlib import Path
 
-from .errors import ConfigError, QdeployError
+from .errors import ConfigError, QdeployError, disk_full
 
 EPILOG_RUN = """examples:
   qdeploy run                                   # the default plan on all-MiniLM-L6-v2
@@ -51,12 +53,14 @@ def _add_run(sub):
                                    "plan key of the same name.", epilog=EPILOG_RUN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", type=Path, help="plan file (YAML); flags override its keys")
+    p.add_argument("--resume", metavar="OUT", help="continue an interrupted run in OUT, re-using its finished cells")
     p.add_argument("--model", help="local model directory or Hugging Face hub id (default: all-MiniLM-L6-v2)")
     p.add_argument("--task", help="feature-extraction | text-classification")
     p.add_argument("--methods", help="comma-separated quantization methods (see `qdeploy list`)")
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. ort-static.per_channel=false (repeatable)")
-    p.add_argument("--runtimes", type=_csv(str), help="comma-separated runtimes (see `qdeploy list`)")
+    p.add_argument("--runtimes", type=_csv(str),
+                   help="comma-separated runtimes (see `qdeploy list`), or auto: every runtime present (default)")
     p.add_argument("--calibration", help="calibration text: builtin, a .txt/.tsv/.csv/.jsonl file, or FILE:COLUMN")
     p.add_argument("--calibration-samples", type=int, help="number of calibration samples (default 128)")
     p.add_argument("--eval", action="append", metavar="METRIC=PATH", help="quality metric on a file (repeatable)")
@@ -105,9 +109,16 @@ def cmd_run(args, console):
     from . import pipeline
     from .report import load_report
 
-    plan = _plan_from_args(args)
+    if args.resume:
+        given = [k for k, v in vars(args).items() if k not in ("resume", "debug", "command") and v is not None]
+        if given:
+            raise ConfigError(f"--resume continues a run with its own saved plan; drop --{given[0].replace('_', '-')}")
+        plan = pipeline.load_resumable(Path(args.resume))
+    else:
+        plan = _plan_from_args(args)
     with _progress(console) as progress:
-        report_path = pipeline.run(plan, progress)
+        report_path = pipeline.run(plan, progress, out=Path(args.resume) if args.resume else None,
+                                   resume=bool(args.resume))
     _print_table(console, load_report(report_path.parent))
     print(report_path)
 
@@ -250,9 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"run": cmd_run, "export": cmd_export, "quantize": cmd_quantize, "bench": cmd_bench, "list": cmd_list}
 
 
+_interrupted = False
+
+
+def _on_sigint(signum, frame):
+    # Remember the Ctrl-C: a C extension being imported at that moment turns KeyboardInterrupt into an ImportError.
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
     # Progress and tables go to stderr; stdout carries only the result path, for scripts.
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
     argv = sys.argv[1:] if argv is None else argv
@@ -268,9 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qdeploy: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("qdeploy: interrupted; finished artifacts were kept, unfinished ones removed", file=sys.stderr)
-        return 130
+        return _report_interrupt()
     except Exception as exc:  # an internal error: short message, traceback in a log
+        if _interrupted:
+            return _report_interrupt()
+        if disk_full(exc):
+            print("qdeploy: error: the disk is full (or a file-size limit was hit) while writing; unfinished "
+                  "artifacts were removed: free some space or choose another --out", file=sys.stderr)
+            return 2
         if debug:
             traceback.print_exc()
         fd, log = tempfile.mkstemp(prefix="qdeploy-error-", suffix=".log")
@@ -281,12 +309,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _report_interrupt() -> int:
+    print("qdeploy: interrupted; finished artifacts were kept, unfinished ones removed "
+          "(continue a run with `qdeploy run --resume OUT`)", file=sys.stderr)
+    return 130
+
+
 def _quiet_libraries() -> None:
     import logging
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
+    # ONNX Runtime's quantizer warns through the root logger; the CLI reports through its own lines instead.
+    logging.getLogger().setLevel(logging.ERROR)
     for name in ("nncf", "transformers", "torch", "openvino"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:

@@ -19,3 +19,17 @@ class UnsupportedError(QdeployError):
 
 class ExportValidationError(QdeployError):
     """An exported graph whose outputs differ from PyTorch beyond the tolerance."""
+
+
+DISK_FULL_ERRNOS = (28, 122, 27)  # ENOSPC, EDQUOT, EFBIG
+
+
+def disk_full(exc: BaseException) -> bool:
+    """A full disk or a file-size limit, however the library that hit it wrapped the OSError."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if "No space left on device" in str(exc) or "File too large" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

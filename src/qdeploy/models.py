@@ -21,9 +21,11 @@ class ModelSource:
     path: Path
     model_type: str
     sha256: str  # of the weights (several shards: hash of their hashes)
+    pickle: bool = False  # weights are pytorch_model.bin (allowed only with --allow-pickle)
 
     def describe(self) -> dict:
-        return {"model": self.spec, "path": str(self.path), "model_type": self.model_type, "sha256": self.sha256}
+        return {"model": self.spec, "path": str(self.path), "model_type": self.model_type, "sha256": self.sha256,
+                "pickle": self.pickle}
 
 
 def _default_model_dir() -> Path:
@@ -51,8 +53,30 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from None
 
 
+def _check_safetensors(shard: Path) -> None:
+    """Read the header and check the file holds every byte it promises: a truncated download fails here, clearly."""
+    import json as _json
+    import struct
+
+    size = shard.stat().st_size
+    try:
+        with open(shard, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            if header_len > size - 8:
+                raise ValueError("header longer than file")
+            header = _json.loads(fh.read(header_len))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InputError(f"weights file {shard} is corrupt (not a safetensors file)") from None
+    if 8 + header_len + end > size:
+        raise InputError(f"weights file {shard} is truncated ({size} bytes, needs {8 + header_len + end}); "
+                         "download it again")
+
+
 def _weights_sha256(path: Path, allow_pickle: bool) -> str:
     shards = sorted(path.glob("*.safetensors"))
+    for shard in shards:
+        _check_safetensors(shard)
     if not shards:
         if list(path.glob("pytorch_model*.bin")) and not allow_pickle:
             raise InputError(f"{path} has only pickle weights (pytorch_model.bin); pass --allow-pickle to load them anyway")
@@ -82,8 +106,10 @@ def resolve(spec: str | None, allow_pickle: bool = False) -> ModelSource:
         path = _hub_snapshot(spec)
     if not path.is_dir():
         raise InputError(f"model {spec} must be a directory holding config.json and weights")
+    model_type = _model_type(path)
     digest = _weights_sha256(path, allow_pickle)
-    return ModelSource(path.name or spec.replace("/", "-"), spec, path, _model_type(path), digest)
+    pickle = not any(path.glob("*.safetensors"))
+    return ModelSource(path.name or spec.replace("/", "-"), spec, path, model_type, digest, pickle)
 
 
 def _model_type(path: Path) -> str:

@@ -6,26 +6,33 @@ the same run. Bad input is checked before the long work starts.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import __version__, evaluation, exporters, models, quantization, runtimes
 from .artifact import Artifact, Manifest
 from .benchmarking import LatencyScenario, RssSampler, benchmark_inputs, measure_latency
 from .calibration import CalibrationSource
+from .cells import PLAN_FILE, CellStore, remove_stale_staging
 from .config import to_dict
 from .errors import ConfigError, QdeployError, UnsupportedError
 from .machine import describe
 from .plan import Plan
 from .progress import Progress, Silent
 from .report import write_reports
+from .tasks import architecture, model_inputs
 from .tasks import task as get_task
 
 BASELINE = "pytorch-fp32"
+AUTO = "auto"  # every registered runtime; those missing here are listed as not run
 FP32_VARIANTS = {"onnx": "onnx-fp32", "openvino": "openvino-fp32"}
 
 
@@ -44,10 +51,12 @@ class Checked:
 def check(plan: Plan) -> Checked:
     the_task = get_task(plan.task)
     method_configs = [(spec.name, quantization.make_config(spec.name, spec.options)) for spec in plan.methods]
-    for runtime in plan.runtimes:
+    auto = tuple(plan.runtimes) == (AUTO,)
+    wanted_runtimes = runtimes.names() if auto else list(plan.runtimes)
+    for runtime in wanted_runtimes:
         runtimes.get(runtime)
-    if not plan.runtimes:
-        raise ConfigError(f"no runtimes to run; choose from: {', '.join(runtimes.names())}")
+    if not wanted_runtimes:
+        raise ConfigError(f"no runtimes to run; choose from: {AUTO}, {', '.join(runtimes.names())}")
     metrics = [the_task.default_metric]
     for name, path in plan.eval.items():
         metric = evaluation.metric(name)
@@ -59,16 +68,19 @@ def check(plan: Plan) -> Checked:
             metrics.append(name)
     if not plan.batch_sizes or min(plan.batch_sizes) < 1 or plan.seq_len < 2:
         raise ConfigError("batch sizes must be >= 1 and the sequence length >= 2")
-    unavailable = {r: reason for r in plan.runtimes if (reason := runtimes.get(r).unavailable_reason())}
+    unavailable = {r: reason for r in wanted_runtimes if (reason := runtimes.get(r).unavailable_reason())}
+    if unavailable and not auto:
+        # Asked for by name: an error. Under `auto`, runtimes missing here are reported as not run.
+        available = [r for r in runtimes.names() if runtimes.get(r).unavailable_reason() is None]
+        name, reason = next(iter(unavailable.items()))
+        raise UnsupportedError(f"runtime {name} is not available: {reason}; available here: {', '.join(available)}")
     source = models.resolve(plan.model, allow_pickle=plan.allow_pickle)
-    from .tasks import architecture
-
     architecture(source.model_type)
     cal = plan.calibration
     calibration = CalibrationSource(cal.source, cal.samples, cal.seed, cal.max_length, cal.batch_size)
     if any(quantization.method(name).needs_calibration for name, _ in method_configs):
         calibration.texts()  # fail now, not after the exports, on a missing or empty calibration file
-    return Checked(plan, source, method_configs, metrics, list(plan.runtimes), unavailable, calibration)
+    return Checked(plan, source, method_configs, metrics, wanted_runtimes, unavailable, calibration)
 
 
 def default_out(source: models.ModelSource) -> Path:
@@ -76,10 +88,12 @@ def default_out(source: models.ModelSource) -> Path:
     return Path("runs") / f"{source.name}-{stamp}"
 
 
-def baseline_artifact(source: models.ModelSource, task_name: str, input_names: list[str]) -> Artifact:
+def baseline_artifact(source: models.ModelSource, task_name: str, input_names: list[str],
+                      trust_remote_code: bool = False) -> Artifact:
     """The source model itself, run by PyTorch eager; never written (the source may be read-only)."""
     manifest = Manifest(format="pytorch", model_file="config.json", precision="fp32", task=task_name,
-                        source=source.describe(), inputs=input_names, outputs=list(get_task(task_name).outputs))
+                        source=source.describe(), inputs=input_names, outputs=list(get_task(task_name).outputs),
+                        runtime_config={"trust_remote_code": trust_remote_code})
     return Artifact(source.path, manifest)
 
 
@@ -90,19 +104,53 @@ def _max_positions(source: models.ModelSource) -> int | None:
     return config.get("max_position_embeddings")
 
 
-def run(plan: Plan, progress: Progress | None = None, out: Path | None = None) -> Path:
+def prepare_out(plan: Plan, source: models.ModelSource, out: Path | None, resume: bool) -> Path:
+    if resume:
+        if not out or not (Path(out) / PLAN_FILE).is_file():
+            raise ConfigError(f"--resume needs the directory of an earlier run (with {PLAN_FILE}); {out} is not one")
+        return Path(out)
+    out = Path(out or plan.out or default_out(source))
+    if out.exists():
+        raise ConfigError(f"{out} already exists; a run never overwrites another: choose another --out, "
+                          f"or continue it with --resume {out}")
+    (out / "artifacts").mkdir(parents=True)
+    tmp = out / (PLAN_FILE + ".part")
+    tmp.write_text(json.dumps(plan.to_dict(), indent=2), encoding="utf-8")
+    os.replace(tmp, out / PLAN_FILE)
+    return out
+
+
+def load_resumable(out: Path) -> Plan:
+    """The plan an interrupted run was started with: a resumed run finishes the same work."""
+    from .plan import from_dict
+
+    path = Path(out) / PLAN_FILE
+    if not path.is_file():
+        raise ConfigError(f"--resume needs the directory of an earlier run (with {PLAN_FILE}); {out} is not one")
+    return from_dict(json.loads(path.read_text(encoding="utf-8")), where=str(path))
+
+
+def _existing(target: Path) -> Artifact | None:
+    """A finished artifact from an earlier, interrupted process (verified by hash), or None."""
+    if (target / "manifest.json").is_file():
+        return Artifact.load(target, verify=True)
+    return None
+
+
+def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, resume: bool = False) -> Path:
     progress = progress or Silent()
     checked = check(plan)
     source = checked.source
     max_positions = _max_positions(source)
     if max_positions and plan.seq_len > max_positions:
         raise ConfigError(f"--seq-len {plan.seq_len} is beyond what {source.name} allows ({max_positions} positions)")
-    out = Path(out or plan.out or default_out(source))
-    if out.exists():
-        raise ConfigError(f"{out} already exists; a run never overwrites another: choose another --out")
-    (out / "artifacts").mkdir(parents=True)
+    out = prepare_out(plan, source, out, resume)
+    for name in remove_stale_staging(out / "artifacts"):
+        progress.log(f"removed unfinished {name} left by an interrupted run")
+    store = CellStore(out)
+    session_id = uuid.uuid4().hex[:12]
     threads = plan.threads or describe()["cores_physical"] or os.cpu_count()
-    skipped: list[dict[str, str]] = [{"variant": "*", "runtime": r, "reason": reason}
+    skipped: list[dict[str, str]] = [{"variant": "(all)", "runtime": r, "reason": reason}
                                      for r, reason in checked.unavailable.items()]
     usable = [r for r in checked.runtimes if r not in checked.unavailable]
 
@@ -112,47 +160,65 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None) -
     variants: list[Artifact] = []
     progress.stage("export", len(wanted))
     for fmt in sorted(wanted):
-        progress.log(f"export {fmt}")
-        variants.append(exporters.export(source, plan.task, fmt, out / "artifacts" / FP32_VARIANTS[fmt],
-                                         trust_remote_code=plan.trust_remote_code, progress=progress.log))
+        target = out / "artifacts" / FP32_VARIANTS[fmt]
+        artifact = _existing(target)
+        if artifact is None:
+            progress.log(f"export {fmt}")
+            artifact = exporters.export(source, plan.task, fmt, target, trust_remote_code=plan.trust_remote_code,
+                                        progress=progress.log)
+        variants.append(artifact)
         progress.advance(fmt)
     parents = {a.format: a for a in variants}
 
     progress.stage("quantize", len(checked.method_configs))
     for name, config in checked.method_configs:
-        parent = parents[quantization.method(name).input_format]
+        target = out / "artifacts" / name
+        artifact = _existing(target)
         try:
-            variants.append(quantization.quantize(parent, config, out / "artifacts" / name, checked.calibration,
-                                                  progress=progress.log))
+            if artifact is None:
+                artifact = quantization.quantize(parents[quantization.method(name).input_format], config, target,
+                                                  checked.calibration, progress=progress.log)
+            variants.append(artifact)
         except UnsupportedError as exc:
-            skipped.append({"variant": name, "runtime": "*", "reason": str(exc)})
+            skipped.append({"variant": name, "runtime": "(all)", "reason": str(exc)})
             progress.log(f"skipped {name}: {exc}")
         progress.advance(name)
 
-    input_names = list(variants[0].manifest.inputs) if variants else []
-    baseline = baseline_artifact(source, plan.task, input_names)
-    cells = [(a, r) for a in [baseline, *variants] for r in usable if runtimes.get(r).supports(a)]
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(source.path))
+    input_names = model_inputs(architecture(source.model_type), tokenizer)
+    baseline = baseline_artifact(source, plan.task, input_names, plan.trust_remote_code)
+    cells = [(a, r) for a in [baseline, *variants] for r in usable if runtimes.get(r).supports(a)]
     inputs = {b: benchmark_inputs(tokenizer, input_names, b, plan.seq_len, max_positions=max_positions)
               for b in plan.batch_sizes}
     scenario = LatencyScenario(warmup=plan.warmup, min_reps=plan.min_reps, min_time_s=plan.min_time_s)
     ctx = evaluation.EvalContext(tokenizer, input_names)
+    for metric_name in checked.metrics:
+        reference = store.get_array("reference", metric_name)
+        if reference is not None:
+            ctx.reference[metric_name] = reference
     rows: list[dict[str, Any]] = []
-    baseline_p50: dict[int, float] = {}
-    baseline_quality: dict[str, float] = {}
     progress.stage("measure", len(cells))
     for artifact, runtime in cells:
         name = BASELINE if artifact is baseline else artifact.name
-        progress.log(f"measure {name} on {runtime}")
-        try:
-            rows += _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, ctx,
-                                  baseline_p50, baseline_quality, plan)
-        except QdeployError as exc:
-            skipped.append({"variant": name, "runtime": runtime, "reason": str(exc)})
+        cell_name = f"{name}@{runtime}"
+        record = store.get("measure", cell_name)
+        if record is None:
+            progress.log(f"measure {name} on {runtime}")
+            try:
+                record = {"rows": _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, ctx,
+                                                plan, store), "session": session_id}
+            except QdeployError as exc:
+                record = {"skipped": str(exc), "session": session_id}
+            store.put("measure", cell_name, record)
+        if "skipped" in record:
+            skipped.append({"variant": name, "runtime": runtime, "reason": record["skipped"]})
+        for row in record.get("rows", []):
+            rows.append({**row, "session": record["session"]})
         progress.advance(f"{name} on {runtime}")
         gc.collect()
+    _relate_to_baseline(rows)
 
     report = {
         "schema": "qdeploy.report/1",
@@ -163,13 +229,30 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None) -
                   "model_type": source.model_type},
         "plan": plan.to_dict(),
         "settings": {"threads": threads, **to_dict(scenario), "measured": "model only; inputs tokenized beforehand",
-                     "baseline": f"{BASELINE} on torch, same process, same inputs"},
+                     "baseline": f"{BASELINE} on torch, same inputs; same process unless baseline_same_process "
+                                 "is false (a resumed run)",
+                     "sessions": sorted({r["session"] for r in rows})},
         "metrics": {m: evaluation.metric(m).description for m in checked.metrics},
         "variants": [_variant_record(a, out) for a in variants],
         "skipped": skipped,
         "results": rows,
     }
     return write_reports(out, report)
+
+
+def _relate_to_baseline(rows: list[dict[str, Any]]) -> None:
+    """Speed-ups and quality deltas against the PyTorch fp32 rows of the same batch and sequence length."""
+    base = {(r["batch"], r["seq_len"]): r for r in rows if r["variant"] == BASELINE}
+    base_quality = {q["metric"]: q["value"] for r in base.values() for q in r["qualities"]}
+    for row in rows:
+        ref = base.get((row["batch"], row["seq_len"]))
+        row["speedup_vs_fp32"] = round(ref["latency_ms"]["p50"] / row["latency_ms"]["p50"], 3) if ref else None
+        row["baseline_same_process"] = bool(ref) and ref["session"] == row["session"]
+        for q in row["qualities"]:
+            fp32 = base_quality.get(q["metric"])
+            q["fp32_value"] = fp32
+            q["delta"] = None if fp32 is None else round(q["value"] - fp32, 6)
+        row["quality"] = row["qualities"][-1] if row["qualities"] else None
 
 
 def _variant_record(artifact: Artifact, out: Path) -> dict[str, Any]:
@@ -180,8 +263,7 @@ def _variant_record(artifact: Artifact, out: Path) -> dict[str, Any]:
             "notes": artifact.manifest.notes}
 
 
-def _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, ctx, baseline_p50, baseline_quality,
-                  plan) -> list[dict[str, Any]]:
+def _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, ctx, plan, store) -> list[dict]:
     is_baseline = name == BASELINE
     with RssSampler() as memory:
         t0 = time.perf_counter()
@@ -191,31 +273,21 @@ def _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, c
         for metric_name in checked.metrics:
             metric = evaluation.metric(metric_name)
             value, raw = metric.evaluate(session, ctx, plan.eval.get(metric_name))
-            if is_baseline:
-                baseline_quality[metric_name] = value
-                if raw is not None:
-                    ctx.reference[metric_name] = raw
-            fp32 = baseline_quality.get(metric_name)
-            qualities.append({"metric": metric_name, "value": round(value, 6), "fp32_value": fp32,
-                              "delta": None if fp32 is None else round(value - fp32, 6)})
+            if is_baseline and raw is not None:
+                # Kept on disk too: a resumed run compares its variants with these same outputs.
+                ctx.reference[metric_name] = raw
+                store.put_array("reference", metric_name, np.asarray(raw))
+            qualities.append({"metric": metric_name, "value": round(value, 6)})
         measurements = [measure_latency(session.run, inputs[b], scenario) for b in plan.batch_sizes]
     del session
     size = artifact.size_mb() if artifact.format != "pytorch" else _weights_mb(artifact)
-    rows = []
-    for m in measurements:
-        if is_baseline:
-            baseline_p50[m.batch] = m.latency_ms["p50"]
-        base = baseline_p50.get(m.batch)
-        rows.append({
-            "variant": name, "runtime": runtime, "format": artifact.format, "precision": artifact.precision,
-            "batch": m.batch, "seq_len": m.seq_len, "latency_ms": m.latency_ms,
-            "throughput_per_s": m.throughput_per_s,
-            "speedup_vs_fp32": round(base / m.latency_ms["p50"], 3) if base else None,
-            "size_mb": size, "peak_rss_mb": round(memory.peak_mb, 1), "rss_delta_mb": memory.delta_mb,
-            "load_s": round(load_s, 3), "iterations": m.iterations, "cv": m.cv, "noisy": m.noisy,
-            "quality": qualities[-1] if len(qualities) > 1 else qualities[0], "qualities": qualities,
-        })
-    return rows
+    return [{
+        "variant": name, "runtime": runtime, "format": artifact.format, "precision": artifact.precision,
+        "batch": m.batch, "seq_len": m.seq_len, "latency_ms": m.latency_ms, "throughput_per_s": m.throughput_per_s,
+        "size_mb": size, "peak_rss_mb": round(memory.peak_mb, 1), "rss_delta_mb": memory.delta_mb,
+        "load_s": round(load_s, 3), "iterations": m.iterations, "cv": m.cv, "noisy": m.noisy,
+        "qualities": qualities,
+    } for m in measurements]
 
 
 def _weights_mb(artifact: Artifact) -> float:

@@ -35,7 +35,7 @@ class Plan:
     model: str | None = None  # None: the built-in default, all-MiniLM-L6-v2
     task: str = "feature-extraction"
     methods: tuple[MethodSpec, ...] = ()
-    runtimes: tuple[str, ...] = ("torch", "ort-cpu", "ort-cuda", "ort-openvino", "openvino-cpu")
+    runtimes: tuple[str, ...] = ("auto",)  # "auto": every runtime available here; others are reported as not run
     batch_sizes: tuple[int, ...] = (1, 8)
     seq_len: int = 128
     calibration: CalibrationSpec = CalibrationSpec()

@@ -60,11 +60,22 @@ def architecture(model_type: str) -> Architecture:
     return ARCHITECTURES.get(model_type)
 
 
-def load_model(model_dir, task_name: str, trust_remote_code: bool = False):
-    """Load the PyTorch model for a task in eval mode, fp32, from safetensors."""
+def model_inputs(arch: Architecture, tokenizer) -> list[str]:
+    """The architecture's inputs that this tokenizer produces (attention_mask always)."""
+    return [n for n in arch.inputs if n in tokenizer.model_input_names or n == "attention_mask"]
+
+
+def load_model(model_dir, task_name: str, trust_remote_code: bool = False, pickle: bool = False):
+    """Load the PyTorch model for a task in eval mode, fp32; from safetensors unless pickle weights were allowed."""
     import transformers
 
+    from .errors import InputError
+
     auto = getattr(transformers, task(task_name).auto_class)
-    model = auto.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code, use_safetensors=True,
-                                 dtype="float32")
+    try:
+        model = auto.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code,
+                                     use_safetensors=not pickle, dtype="float32")
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot load the model in {model_dir}: {first}") from None
     return model.eval()

@@ -65,10 +65,23 @@ def heldout_texts() -> list[str]:
 
 
 def encode(texts: list[str], ctx: EvalContext) -> Iterator[dict[str, np.ndarray]]:
+    # Lengths padded to a multiple of 16: runtimes with dynamic shapes (OpenVINO) prepare kernels per shape.
     for start in range(0, len(texts), ctx.batch_size):
-        enc = ctx.tokenizer(texts[start:start + ctx.batch_size], padding=True, truncation=True,
+        enc = ctx.tokenizer(texts[start:start + ctx.batch_size], padding=True, truncation=True, pad_to_multiple_of=16,
                             max_length=ctx.max_length, return_tensors="np")
         yield {name: enc[name].astype(np.int64) for name in ctx.input_names}
+
+
+def per_text(session, texts: list[str], ctx: EvalContext,
+             extract: Callable[[dict, dict], np.ndarray]) -> np.ndarray:
+    """`extract(inputs, outputs)` for every text, in the original order; texts are batched by length so that short
+    ones are not padded to long ones (the model's outputs for a text do not depend on its batch-mates)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    results = [extract(batch, session.run(batch)) for batch in encode([texts[i] for i in order], ctx)]
+    stacked = np.concatenate(results)
+    out = np.empty_like(stacked)
+    out[order] = stacked
+    return out
 
 
 def check_path(path: str | Path | None, name: str) -> Path:

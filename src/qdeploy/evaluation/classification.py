@@ -5,11 +5,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..textdata import iter_rows
-from . import EvalContext, check_path, encode, heldout_texts, register
+from . import EvalContext, check_path, heldout_texts, per_text, register
 
 
 def predict(session, texts: list[str], ctx: EvalContext) -> np.ndarray:
-    return np.concatenate([session.run(batch)["logits"].argmax(axis=-1) for batch in encode(texts, ctx)])
+    return per_text(session, texts, ctx, lambda inputs, outputs: outputs["logits"].argmax(axis=-1))
 
 
 def read_labelled(path) -> tuple[list[str], np.ndarray]:

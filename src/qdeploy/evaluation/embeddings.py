@@ -6,7 +6,7 @@ import csv
 import numpy as np
 
 from ..errors import InputError
-from . import EvalContext, check_path, encode, heldout_texts, register
+from . import EvalContext, check_path, heldout_texts, per_text, register
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -16,11 +16,8 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def embed(session, texts: list[str], ctx: EvalContext) -> np.ndarray:
-    out = []
-    for batch in encode(texts, ctx):
-        hidden = session.run(batch)["last_hidden_state"]
-        out.append(mean_pool(hidden, batch["attention_mask"]))
-    return np.concatenate(out)
+    return per_text(session, texts, ctx,
+                    lambda inputs, outputs: mean_pool(outputs["last_hidden_state"], inputs["attention_mask"]))
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from ..errors import ExportValidationError
 from ..machine import describe
 from ..models import ModelSource
 from ..registry import Registry
-from ..tasks import Architecture, architecture, load_model, task
+from ..tasks import Architecture, architecture, load_model, model_inputs, task
 from ..textdata import builtin_path
 
 Progress = Callable[[str], None]
@@ -111,7 +111,7 @@ def validate(artifact: Artifact, model_dir: Path | None = None, atol: float | No
     """Re-check an existing artifact against its PyTorch source (raises ExportValidationError)."""
     _register_builtin()
     source_dir = Path(model_dir or artifact.manifest.source["path"])
-    model = load_model(source_dir, artifact.manifest.task)
+    model = load_model(source_dir, artifact.manifest.task, pickle=bool(artifact.manifest.source.get("pickle")))
     arch = architecture(model.config.model_type)
     batches = validation_batches(tokenizer_for(source_dir), list(artifact.manifest.inputs))
     refs = reference_outputs(model, batches, artifact.manifest.outputs)
@@ -128,9 +128,9 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
     the_task = task(task_name)
     arch: Architecture = architecture(source.model_type)
     say(f"loading {source.spec}")
-    model = load_model(source.path, task_name, trust_remote_code)
+    model = load_model(source.path, task_name, trust_remote_code, pickle=source.pickle)
     tokenizer = tokenizer_for(source.path)
-    input_names = [n for n in arch.inputs if n in tokenizer.model_input_names or n == "attention_mask"]
+    input_names = model_inputs(arch, tokenizer)
     batches = validation_batches(tokenizer, input_names)
     # References first: tracing for export can leave the module in a state whose eager outputs differ.
     references = reference_outputs(model, batches, the_task.outputs)

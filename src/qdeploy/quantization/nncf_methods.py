@@ -14,7 +14,17 @@ MODEL_FILE = "openvino_model.xml"
 RUNTIME_CONFIG = {"openvino": {"INFERENCE_PRECISION_HINT": "f32"}}
 
 
+def _quiet():
+    import logging
+
+    import nncf
+
+    # NNCF logs tables at INFO; qdeploy reports what it did through the manifest's notes instead.
+    nncf.set_log_level(logging.WARNING)
+
+
 def _read(parent: Artifact):
+    _quiet()
     import openvino as ov
 
     return ov.Core().read_model(str(parent.model_path))

@@ -16,7 +16,8 @@ class TorchSession:
             torch.set_num_threads(threads)
         self._torch = torch
         self.model = load_model(artifact.directory, artifact.manifest.task,
-                                trust_remote_code=bool(artifact.manifest.runtime_config.get("trust_remote_code")))
+                                trust_remote_code=bool(artifact.manifest.runtime_config.get("trust_remote_code")),
+                                pickle=bool(artifact.manifest.source.get("pickle")))
         self.input_names = list(artifact.manifest.inputs)
         self.output_names = list(task(artifact.manifest.task).outputs)
 
