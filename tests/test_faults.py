@@ -17,7 +17,7 @@ from qdeploy.artifact import Artifact, Manifest, finalize
 from qdeploy.cli import main
 from qdeploy.errors import InputError
 
-from .conftest import SST2_DEV, SST2_MODEL
+from .conftest import SST2_DEV, SST2_MODEL, STORIES
 
 
 def run_cli(capsys, *args):
@@ -95,16 +95,39 @@ def test_calibration_column_missing(capsys, tmp_path):
     one_line_error(code, err, "has no column 'review'")
 
 
-def test_evaluation_file_lacks_columns(capsys, tmp_path):
+@pytest.mark.parametrize("content,needle", [
+    (b"text\tstars\ngreat\t5\n", "needs columns 'sentence' (or 'text') and 'label'"),
+    (b"sentence\tlabel\n", "holds no labelled rows"),
+    (b"sentence\tlabel\nna\xefve\t1\n", "is not UTF-8"),
+    (b"sentence\tlabel\ngood\tpositive\n", "expected an integer class id"),
+])
+def test_bad_evaluation_files(capsys, tmp_path, content, needle):
     path = tmp_path / "dev.tsv"
-    path.write_text("text\tstars\ngreat\t5\n")
-    code, err = run_cli(capsys, "run", "--model", SST2_MODEL, "--task", "text-classification", "--methods", "",
-                        "--runtimes", "torch", "--eval", f"accuracy={path}", "--batch-sizes", "1", "--seq-len", "8",
-                        "--min-reps", "3", "--min-time-s", "0", "--warmup", "0", "--out", tmp_path / "o")
-    # A quality cell that cannot read its data is reported as not run; the run itself finishes.
+    path.write_bytes(content)
+    code, err = run_cli(capsys, "run", "--model", SST2_MODEL, "--task", "text-classification",
+                        "--eval", f"accuracy={path}", "--out", tmp_path / "o")
+    one_line_error(code, err, needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unsupported_architecture_from_the_cli(capsys, tmp_path):
+    code, err = run_cli(capsys, "run", "--model", STORIES, "--out", tmp_path / "o")
+    one_line_error(code, err, "architecture 'llama' is not supported yet; supported: albert, bert")
+
+
+def test_export_quantize_bench_chain(capsys, tmp_path):
+    code, err = run_cli(capsys, "export", "--model", SST2_MODEL, "--task", "text-classification", "--format", "onnx",
+                        "--out", tmp_path / "fp32")
     assert code == 0, err
-    report = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert any("needs columns 'sentence'" in s["reason"] for s in report["skipped"])
+    code, err = run_cli(capsys, "quantize", tmp_path / "fp32", "--method", "ort-dynamic", "--option",
+                        "per_channel=false", "--out", tmp_path / "int8")
+    assert code == 0, err
+    assert json.loads((tmp_path / "int8" / "manifest.json").read_text())["method"]["config"]["per_channel"] is False
+    code, err = run_cli(capsys, "bench", tmp_path / "int8", "--batch-sizes", "1", "--seq-len", "16", "--min-reps",
+                        "3", "--min-time-s", "0", "--warmup", "0")
+    assert code == 0 and "ort-cpu" in err
+    code, err = run_cli(capsys, "bench", tmp_path / "int8", "--runtime", "openvino-cpu")
+    one_line_error(code, err, "runtime openvino-cpu cannot run onnx artifacts")
 
 
 def test_onnx_external_data_outside_the_directory_is_refused(tmp_path):

@@ -63,7 +63,9 @@ def check(plan: Plan) -> Checked:
         if plan.task not in metric.tasks:
             supported = [n for n in evaluation.names() if plan.task in evaluation.metric(n).tasks]
             raise ConfigError(f"metric {name} does not apply to task {plan.task}; use one of: {', '.join(supported)}")
-        evaluation.check_path(path, name)
+        path = evaluation.check_path(path, name)
+        if metric.read:
+            metric.read(path)  # a file the metric cannot parse fails now, not after the exports
         if name not in metrics:
             metrics.append(name)
     if not plan.batch_sizes or min(plan.batch_sizes) < 1 or plan.seq_len < 2:

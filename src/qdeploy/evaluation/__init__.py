@@ -33,14 +33,16 @@ class Metric:
     needs_path: bool
     description: str
     scale: str = "unit"  # "unit" for 0..1 values, "points" for x100 scores
+    read: Callable[[Path], Any] | None = None  # parses the data file; run before any long work to fail early
 
 
 METRICS: Registry[Metric] = Registry("metric")
 
 
-def register(name: str, tasks: tuple[str, ...], needs_path: bool, description: str, scale: str = "unit"):
+def register(name: str, tasks: tuple[str, ...], needs_path: bool, description: str, scale: str = "unit",
+             read: Callable[[Path], Any] | None = None):
     def add(fn):
-        METRICS.register(name)(Metric(name, tasks, fn, needs_path, description, scale))
+        METRICS.register(name)(Metric(name, tasks, fn, needs_path, description, scale, read))
         return fn
 
     return add

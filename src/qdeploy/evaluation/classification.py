@@ -30,7 +30,7 @@ def read_labelled(path) -> tuple[list[str], np.ndarray]:
     return texts, np.array(labels)
 
 
-@register("accuracy", ("text-classification",), needs_path=True,
+@register("accuracy", ("text-classification",), needs_path=True, read=read_labelled,
           description="accuracy on a TSV of sentence and label (e.g. SST-2 dev.tsv)")
 def accuracy(session, ctx: EvalContext, path=None):
     texts, labels = read_labelled(check_path(path, "accuracy"))

@@ -58,7 +58,7 @@ def read_sts(path) -> tuple[list[str], list[str], np.ndarray]:
     return first, second, np.array(scores)
 
 
-@register("stsb", ("feature-extraction",), needs_path=True, scale="points",
+@register("stsb", ("feature-extraction",), needs_path=True, scale="points", read=read_sts,
           description="STS-benchmark Spearman correlation x100 between cosine of embeddings and the gold scores")
 def stsb(session, ctx: EvalContext, path=None):
     from scipy.stats import spearmanr
