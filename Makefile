@@ -5,14 +5,14 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test test-slow install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# torch first, from the local CPU wheel; constraints keep every later step from replacing it.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e '.[demo,test]'
+	$(PIP) install --quiet -c constraints.txt -e '.[full,demo,test]'
 	$(PIP) check
 	touch $(STAMP)
 
@@ -23,6 +23,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) runs

@@ -59,6 +59,8 @@ class Manifest:
     libraries: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     validation: dict[str, Any] = field(default_factory=dict)  # what the export was checked against, and how close
+    built_on: dict[str, Any] = field(default_factory=dict)  # cpu_model, isa flags, oneDNN cap where it was made
+    package: dict[str, Any] = field(default_factory=dict)  # set by `qdeploy package`: measured metrics, versions
     notes: list[str] = field(default_factory=list)
     schema: str = MANIFEST_SCHEMA
 

@@ -177,6 +177,18 @@ def cmd_bench(args, console):
     console.print(table)
 
 
+def cmd_package(args, console):
+    from .package import package
+
+    print(package(args.artifact, args.out, args.report))
+
+
+def cmd_compare(args, console):
+    from .report.compare import compare_runs
+
+    print(compare_runs([Path(d) for d in args.runs], Path(args.out)))
+
+
 def cmd_list(args, console):
     from rich.console import Console
 
@@ -254,11 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--min-reps", type=int, default=20)
     p.add_argument("--min-time-s", type=float, default=2.0)
+    p = sub.add_parser("package", help="make a self-contained deployment directory or .tar.gz from an artifact")
+    p.add_argument("artifact", help="an artifact directory (e.g. runs/<run>/artifacts/ort-static)")
+    p.add_argument("--out", required=True, help="directory to create, or a name ending in .tar.gz")
+    p.add_argument("--report", help="report.json whose measurements to include (default: the artifact's run)")
+    p = sub.add_parser("compare", help="merge the reports of several runs (machines, runtimes, threads) into one")
+    p.add_argument("runs", nargs="+", help="run directories holding report.json")
+    p.add_argument("--out", required=True, help="directory for compare.json, compare.md and compare.html")
     sub.add_parser("list", help="methods, runtimes, metrics, tasks and architectures qdeploy knows")
     return parser
 
 
-COMMANDS = {"run": cmd_run, "export": cmd_export, "quantize": cmd_quantize, "bench": cmd_bench, "list": cmd_list}
+COMMANDS = {"run": cmd_run, "export": cmd_export, "quantize": cmd_quantize, "bench": cmd_bench,
+            "package": cmd_package, "compare": cmd_compare, "list": cmd_list}
 
 
 _interrupted = False

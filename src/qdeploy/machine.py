@@ -100,6 +100,12 @@ def apply_isa_workaround() -> str | None:
     return None
 
 
+def build_record() -> dict:
+    """Where an artifact was made: recorded in its manifest, compared with the machine that loads it."""
+    model, _ = _cpuinfo()
+    return {"cpu_model": model, "isa": isa(), "onednn_isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)

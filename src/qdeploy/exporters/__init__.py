@@ -14,7 +14,7 @@ import numpy as np
 from .. import runtimes
 from ..artifact import Artifact, Manifest, copy_tokenizer, finalize, staging
 from ..errors import ExportValidationError
-from ..machine import describe
+from ..machine import build_record, describe
 from ..models import ModelSource
 from ..registry import Registry
 from ..tasks import Architecture, architecture, load_model, model_inputs, task
@@ -144,7 +144,7 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
         manifest = Manifest(
             format=fmt_name, model_file=model_file, precision="fp32", task=task_name, source=source.describe(),
             runtime_config=runtime_config, inputs=input_names, outputs=list(the_task.outputs),
-            libraries=describe()["libraries"],
+            libraries=describe()["libraries"], built_on=build_record(),
         )
         finalize(tmp, manifest)
         say(f"validating {fmt_name} against PyTorch")

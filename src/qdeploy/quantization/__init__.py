@@ -15,7 +15,7 @@ from ..artifact import Artifact, Manifest, copy_tokenizer, finalize, staging
 from ..calibration import CalibrationSource
 from ..config import build, to_dict
 from ..errors import UnsupportedError
-from ..machine import describe
+from ..machine import build_record, describe
 from ..registry import Registry
 
 Progress = Callable[[str], None]
@@ -96,7 +96,7 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
             format=parent.format, model_file=model_file, precision=precision, task=parent.manifest.task,
             source=parent.manifest.source, method=method_record, parent=parent.name,
             runtime_config=runtime_config, inputs=list(parent.manifest.inputs), outputs=list(parent.manifest.outputs),
-            libraries=describe()["libraries"], notes=notes,
+            libraries=describe()["libraries"], built_on=build_record(), notes=notes,
         )
         finalize(tmp, manifest)
     return Artifact.load(out)

@@ -11,7 +11,7 @@ import html
 import math
 from typing import Any, Callable
 
-DASH = "–"
+from ._format import _fmt, _fmt_quality, _groups, _noisy, _num, _qualities
 _WIDTH = 760  # SVG viewBox width; CSS scales the chart to the page.
 _COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
             "throughput/s", "speed-up", "size MB", "peak RSS MB"]
@@ -35,24 +35,6 @@ def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def _num(value: Any) -> float | None:
-    # bool is an int subclass: a stray true/false must not be plotted as 1/0.
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
-    number = _num(value)
-    if number is None:
-        return DASH if value is None or value == "" else str(value)
-    return f"{number:.{digits}f}{suffix}"
-
-
 def _as(value: Any, kind: type) -> Any:
     # Hand-edited or truncated reports may hold null or the wrong type anywhere.
     return value if isinstance(value, kind) else kind()
@@ -60,47 +42,6 @@ def _as(value: Any, kind: type) -> Any:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _fmt_quality(quality: Any) -> str:
-    if not isinstance(quality, dict):
-        return DASH
-    # Cosine-like scores in [0, 1] need 4 decimals; percent-scale scores only 2.
-    ref = next((n for n in map(_num, (quality.get("value"), quality.get("fp32_value"),
-                                      quality.get("delta"))) if n is not None), 0.0)
-    digits = 4 if abs(ref) <= 1 else 2
-    text = _fmt(quality.get("value"), digits)
-    delta = _num(quality.get("delta"))
-    return text + (f" (Δ {delta:+.{digits}f})" if delta is not None else "")
-
-
-def _qualities(row: dict) -> dict[str, dict]:
-    # Older reports carry only the primary `quality`; merge it with `qualities`.
-    found: dict[str, dict] = {}
-    for quality in _as(row.get("qualities"), list) + [row.get("quality")]:
-        if isinstance(quality, dict) and quality.get("metric") is not None:
-            found.setdefault(str(quality["metric"]), quality)
-    return found
-
-
-def _noisy(row: dict) -> str:
-    if not row.get("noisy"):
-        return ""
-    cv = _num(row.get("cv"))
-    return f"⚠ cv {cv * 100:.0f}%" if cv is not None else "⚠ noisy"
-
-
-def _groups(results: list) -> list[tuple[tuple, list[dict]]]:
-    groups: dict[tuple, list[dict]] = {}
-    for row in results:
-        if isinstance(row, dict):
-            # str() keeps a malformed (unhashable) batch or seq_len from breaking grouping.
-            shape = tuple(v if isinstance(v, (int, float, str, type(None))) else str(v)
-                          for v in (row.get("batch"), row.get("seq_len")))
-            groups.setdefault(shape, []).append(row)
-    # Missing batch/seq_len must still sort deterministically (after the known ones).
-    key = lambda item: tuple((_num(p) is None, _num(p) or 0.0, str(p)) for p in item[0])
-    return sorted(groups.items(), key=key)
 
 
 def _label(row: dict) -> str:
