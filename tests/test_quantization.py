@@ -100,3 +100,40 @@ def test_empty_calibration_file(sst2_onnx, tmp_path):
                               CalibrationSource(str(empty)))
     assert not (tmp_path / "x").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.fixture(scope="module")
+def sst2_dev_200(tmp_path_factory):
+    lines = SST2_DEV.read_text(encoding="utf-8").splitlines()
+    path = tmp_path_factory.mktemp("data") / "dev-200.tsv"
+    path.write_text("\n".join(lines[:201]) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,options,runtime,max_drop", [
+    ("outlier", {}, "ort-cpu", 0.02),
+    ("smoothquant", {"alpha": 0.5}, "ort-cpu", 0.05),
+    ("ort-weight-int4", {}, "ort-cpu", 0.05),
+    ("nncf-weight-int4", {}, "openvino-cpu", 0.05),
+])
+def test_more_methods_on_the_real_classifier(method, options, runtime, max_drop, sst2_onnx, sst2_openvino,
+                                            sst2_dev_200, tmp_path):
+    parent = sst2_onnx if runtime == "ort-cpu" else sst2_openvino
+    artifact = quantization.quantize(parent, quantization.make_config(method, options), tmp_path / method, CALIBRATION)
+    Artifact.load(artifact.directory, verify=True)
+    assert artifact.manifest.method["config"] == {**artifact.manifest.method["config"], **options}
+    fp32 = _accuracy(parent, runtime, sst2_dev_200)
+    assert _accuracy(artifact, runtime, sst2_dev_200) >= fp32 - max_drop
+
+
+def test_outlier_threshold_decides_which_layers_stay_float(sst2_onnx, tmp_path):
+    kept = {}
+    for threshold in (8.0, 1000.0):
+        artifact = quantization.quantize(sst2_onnx, quantization.make_config("outlier", {"threshold": threshold}),
+                                         tmp_path / str(threshold), CALIBRATION)
+        first = artifact.manifest.notes[0]
+        kept[threshold] = int(first.split(": ")[1].split(" of ")[0])
+        assert all("max |input|" in note for note in artifact.manifest.notes[1:])
+        assert all(float(n.split("max |input| ")[1].split(",")[0]) > threshold for n in artifact.manifest.notes[1:])
+    assert kept[8.0] > kept[1000.0] == 0

@@ -246,9 +246,15 @@ def _relate_to_baseline(rows: list[dict[str, Any]]) -> None:
     """Speed-ups and quality deltas against the PyTorch fp32 rows of the same batch and sequence length."""
     base = {(r["batch"], r["seq_len"]): r for r in rows if r["variant"] == BASELINE}
     base_quality = {q["metric"]: q["value"] for r in base.values() for q in r["qualities"]}
+    # The second baseline: the same runtime running the fp32 artifact of the same format (what int8 alone buys).
+    runtime_base = {(r["runtime"], r["format"], r["batch"], r["seq_len"]): r for r in rows
+                    if r["variant"] in FP32_VARIANTS.values()}
     for row in rows:
         ref = base.get((row["batch"], row["seq_len"]))
         row["speedup_vs_fp32"] = round(ref["latency_ms"]["p50"] / row["latency_ms"]["p50"], 3) if ref else None
+        same = runtime_base.get((row["runtime"], row["format"], row["batch"], row["seq_len"]))
+        row["speedup_vs_runtime_fp32"] = (round(same["latency_ms"]["p50"] / row["latency_ms"]["p50"], 3)
+                                          if same else None)
         row["baseline_same_process"] = bool(ref) and ref["session"] == row["session"]
         for q in row["qualities"]:
             fp32 = base_quality.get(q["metric"])

@@ -121,6 +121,28 @@ def ort_dynamic(parent: Artifact, config: OrtDynamic, calibration, target: Path,
     return MODEL_FILE, "int8", {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL"}}, notes
 
 
+def run_static(model_path: Path, out_path: Path, nodes, gathers, excluded, calibration, ctx, input_names,
+               calibration_method: str, per_channel: bool, reduce_range: bool, activation: str, weight: str) -> None:
+    """ONNX Runtime static QDQ of the given MatMul (and embedding Gather) nodes; shared by the static recipes."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    if calibration_method != "minmax":
+        # Histogram calibrators stack every batch's activations: they need one shape for all batches.
+        calibration = dataclasses.replace(calibration, padding="max_length")
+    reader = calibration.ort_reader(ctx.tokenizer, list(input_names))
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[calibration_method]
+    try:
+        # quantize_static keeps its augmented model in a temporary directory of its own, not the working directory.
+        quantize_static(str(model_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul"] + (["Gather"] if gathers else []),
+                        nodes_to_quantize=list(nodes) + list(gathers) if nodes is not None else None,
+                        nodes_to_exclude=list(excluded) or None, per_channel=per_channel, reduce_range=reduce_range,
+                        activation_type=_qtype(activation), weight_type=_qtype(weight), calibrate_method=method)
+    except Exception as exc:  # ORT raises bare Exceptions for bad graphs
+        raise InputError(f"ONNX Runtime could not quantize {model_path}: {str(exc).splitlines()[0]}") from exc
+
+
 @dataclass(frozen=True)
 class OrtStatic:
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
@@ -138,8 +160,6 @@ class OrtStatic:
 @register("ort-static", OrtStatic, "onnx", needs_calibration=True,
           description="ONNX Runtime static int8, QDQ format, calibrated on real text")
 def ort_static(parent: Artifact, config: OrtStatic, calibration, target: Path, ctx):
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
-
     reduce_range = (not has_vnni()) if config.reduce_range is None else config.reduce_range
     activation = config.activation_type or ("qint8" if has_vnni() else "quint8")
     nodes = _check(weight_matmuls(parent.model_path), parent) if config.weight_matmuls_only else None
@@ -147,25 +167,12 @@ def ort_static(parent: Artifact, config: OrtStatic, calibration, target: Path, c
     if nodes is not None:
         nodes = _check([n for n in nodes if n not in kept_float], parent)
     gathers = embedding_gathers(parent.model_path) if config.embeddings_int8 else []
-    if config.calibration_method != "minmax":
-        # Histogram calibrators stack every batch's activations: they need one shape for all batches.
-        calibration = dataclasses.replace(calibration, padding="max_length")
-    reader = calibration.ort_reader(ctx.tokenizer, list(parent.manifest.inputs))
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[config.calibration_method]
     ctx.progress(f"ort-static: calibrating on {calibration.samples} samples from {calibration.spec}")
-    try:
-        # quantize_static keeps its augmented model in a temporary directory of its own, not the working directory.
-        quantize_static(str(parent.model_path), str(target / MODEL_FILE), reader, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["MatMul"] + (["Gather"] if gathers else []),
-                        nodes_to_quantize=nodes + gathers if nodes is not None else None,
-                        nodes_to_exclude=sorted(kept_float) or None, per_channel=config.per_channel,
-                        reduce_range=reduce_range, activation_type=_qtype(activation),
-                        weight_type=_qtype(config.weight_type), calibrate_method=method)
-    except Exception as exc:
-        raise _onnx_error(exc, parent) from exc
+    run_static(parent.model_path, target / MODEL_FILE, nodes, gathers, sorted(kept_float), calibration, ctx,
+               parent.manifest.inputs, config.calibration_method, config.per_channel, reduce_range, activation,
+               config.weight_type)
     notes = [f"activations {activation}, weights {config.weight_type}, reduce_range={reduce_range}",
-             f"{len(nodes) if nodes else 'all'} MatMul nodes and {len(gathers)} embedding tables quantized; kept in float: attention-mask arithmetic, "
-             f"activation-by-activation MatMuls, {len(kept_float)} excluded MatMuls"
+             f"{len(nodes) if nodes else 'all'} MatMul nodes and {len(gathers)} embedding tables quantized; kept in "
+             f"float: attention-mask arithmetic, activation-by-activation MatMuls, {len(kept_float)} excluded MatMuls"
              + ("" if config.ffn_int8 else " (feed-forward, see ffn_int8)")]
     return MODEL_FILE, "int8", {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL"}}, notes
