@@ -137,3 +137,39 @@ def test_outlier_threshold_decides_which_layers_stay_float(sst2_onnx, tmp_path):
         assert all("max |input|" in note for note in artifact.manifest.notes[1:])
         assert all(float(n.split("max |input| ")[1].split(",")[0]) > threshold for n in artifact.manifest.notes[1:])
     assert kept[8.0] > kept[1000.0] == 0
+
+
+def test_sensitivity_ranks_feed_forward_layers_first(sst2_onnx):
+    from qdeploy.quantization.ort_methods import ffn_matmuls, weight_matmuls
+    from qdeploy.quantization.sensitivity import layer_sqnr
+    from transformers import AutoTokenizer
+
+    nodes = weight_matmuls(sst2_onnx.model_path)
+    batches = list(CALIBRATION.batches(AutoTokenizer.from_pretrained(str(sst2_onnx.directory)),
+                                       list(sst2_onnx.manifest.inputs)))[:2]
+    sqnr = layer_sqnr(sst2_onnx.model_path, nodes, batches)
+    assert set(sqnr) == set(nodes)
+    assert all(10.0 < v < 60.0 for v in sqnr.values())
+    worst = sorted(nodes, key=sqnr.get)[:6]
+    assert len(set(worst) & ffn_matmuls(sst2_onnx.model_path)) >= 3
+
+
+def test_auto_needs_evaluation_data(sst2_onnx, tmp_path):
+    with pytest.raises(ConfigError, match="auto needs evaluation data"):
+        quantization.quantize(sst2_onnx, quantization.make_config("auto"), tmp_path / "a", CALIBRATION)
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tolerance,met", [(0.003, True), (-0.05, False)])
+def test_auto_fallback_meets_tolerance_or_says_so(tolerance, met, sst2_onnx, tmp_path):
+    config = quantization.make_config("auto", {"eval": str(SST2_DEV), "tolerance": tolerance})
+    artifact = quantization.quantize(sst2_onnx, config, tmp_path / "auto",
+                                     CalibrationSource(str(SHARED / "data" / "sst2" / "train-sample.tsv"), samples=64))
+    first = artifact.manifest.notes[0]
+    assert ("NOT met" not in first) == met
+    kept = int(first.split(" with ")[1].split(" of ")[0])
+    assert len([n for n in artifact.manifest.notes if n.startswith("float: ")]) == kept
+    fp32 = _accuracy(sst2_onnx, "ort-cpu", SST2_DEV)
+    if met:
+        assert _accuracy(artifact, "ort-cpu", SST2_DEV) >= fp32 - 0.003

@@ -46,7 +46,7 @@ def register(name: str, config: type, input_format: str, needs_calibration: bool
 
 
 def _register_builtin() -> None:
-    from . import nncf_methods, ort_methods, outlier, precision, weight_only  # noqa: F401
+    from . import auto, nncf_methods, ort_methods, outlier, precision, weight_only  # noqa: F401
 
 
 def method(name: str) -> Method:

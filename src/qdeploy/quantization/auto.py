@@ -1,0 +1,112 @@
+"""Accuracy-aware fallback: static int8 everywhere, then the most sensitive layers back to float, a group at a time,
+until the measured quality loss is within the tolerance (as Intel's int8 BART keeps 40 of 193 Linear layers float).
+
+Layers are ranked by simulated SQNR (sensitivity.py); each candidate is really quantized and really evaluated on the
+user's data with the registered metric. Stops at the first candidate within tolerance, or with the best one found when
+the candidates or the time budget run out, and says so in the notes.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..artifact import Artifact, Manifest
+from ..errors import ConfigError
+from ..machine import has_vnni
+from . import register
+from .ort_methods import INT8_TYPES, MODEL_FILE, _check, embedding_gathers, run_static, weight_matmuls
+from .sensitivity import layer_sqnr
+
+RUNTIME_CONFIG = {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL"}}
+
+
+@dataclass(frozen=True)
+class Auto:
+    eval: str = ""  # evaluation data for the metric (required)
+    metric: str = ""  # default: accuracy for text-classification, stsb for feature-extraction
+    tolerance: float = 0.01  # the largest quality loss accepted, in the metric's units (0.01 = one accuracy point)
+    time_budget_s: float = 900.0
+    per_channel: bool = True
+    reduce_range: bool | None = None
+    activation_type: INT8_TYPES | None = None
+
+
+DEFAULT_METRIC = {"text-classification": "accuracy", "feature-extraction": "stsb"}
+
+
+def _candidates(count: int) -> list[int]:
+    """How many layers to keep float at each step: 0, 1, 2, 4, 8, ... then all but none."""
+    steps, k = [0], 1
+    while k < count:
+        steps.append(k)
+        k *= 2
+    return steps + [count]
+
+
+@register("auto", Auto, "onnx", needs_calibration=True,
+          description="accuracy-aware fallback: static int8, then the most sensitive layers back to float until the "
+                      "quality loss is within a tolerance (needs eval=PATH)")
+def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx):
+    from .. import evaluation, runtimes
+
+    metric_name = config.metric or DEFAULT_METRIC.get(parent.manifest.task, "")
+    metric = evaluation.metric(metric_name)
+    if parent.manifest.task not in metric.tasks:
+        raise ConfigError(f"auto: metric {metric_name} does not apply to task {parent.manifest.task}")
+    if not config.eval:
+        raise ConfigError("auto needs evaluation data: --option eval=PATH (the metric's file)")
+    data = evaluation.check_path(config.eval, metric_name)
+    if metric.read:
+        metric.read(data)
+    eval_ctx = evaluation.EvalContext(ctx.tokenizer, list(parent.manifest.inputs))
+
+    def score(model_path: Path) -> float:
+        manifest = Manifest(format="onnx", model_file=model_path.name, precision="int8", task=parent.manifest.task,
+                            source=parent.manifest.source, runtime_config=RUNTIME_CONFIG,
+                            inputs=list(parent.manifest.inputs), outputs=list(parent.manifest.outputs))
+        session = runtimes.load(Artifact(model_path.parent, manifest), "ort-cpu")
+        return metric.evaluate(session, eval_ctx, data)[0]
+
+    started = time.monotonic()
+    reference = score(parent.model_path)
+    nodes = _check(weight_matmuls(parent.model_path), parent)
+    ctx.progress(f"auto: ranking {len(nodes)} layers by int8 sensitivity")
+    sqnr = layer_sqnr(parent.model_path, nodes, list(calibration.batches(ctx.tokenizer, list(parent.manifest.inputs)))[:4])
+    ranked = sorted(nodes, key=lambda n: sqnr[n])
+    reduce_range = (not has_vnni()) if config.reduce_range is None else config.reduce_range
+    activation = config.activation_type or ("qint8" if has_vnni() else "quint8")
+    gathers = embedding_gathers(parent.model_path)
+    tried: list[tuple[int, float]] = []
+    best: tuple[float, int, Path] | None = None
+    with tempfile.TemporaryDirectory(prefix="qdeploy-auto-") as tmp:
+        for k in _candidates(len(ranked)):
+            if tried and time.monotonic() - started > config.time_budget_s:
+                break
+            floats, quantized = ranked[:k], ranked[k:]
+            candidate = Path(tmp) / f"k{k}" / MODEL_FILE
+            candidate.parent.mkdir()
+            if quantized:
+                run_static(parent.model_path, candidate, quantized, gathers, floats, calibration, ctx,
+                           parent.manifest.inputs, "minmax", config.per_channel, reduce_range, activation, "qint8")
+            else:
+                shutil.copy2(parent.model_path, candidate)
+            value = score(candidate)
+            loss = reference - value
+            tried.append((k, value))
+            ctx.progress(f"auto: {k} layers float -> {metric_name} {value:.4f} (loss {loss:+.4f})")
+            if best is None or loss < best[0]:
+                best = (loss, k, candidate)
+            if loss <= config.tolerance:
+                break
+        loss, k, chosen = best
+        shutil.copy2(chosen, target / MODEL_FILE)
+    met = loss <= config.tolerance
+    notes = [(f"tolerance {config.tolerance} met" if met else f"tolerance {config.tolerance} NOT met; best found") +
+             f": {metric_name} {reference - loss:.4f} vs fp32 {reference:.4f} with {k} of {len(ranked)} Linear "
+             "layers in float",
+             "tried (layers float -> value): " + ", ".join(f"{n} -> {v:.4f}" for n, v in tried)]
+    notes += [f"float: {n} (SQNR {sqnr[n]:.1f} dB)" for n in ranked[:k]]
+    return MODEL_FILE, "int8-mixed", dict(RUNTIME_CONFIG), notes
