@@ -24,7 +24,7 @@ def small_run(tmp_path_factory):
     proc = qdeploy("run", "--model", SST2_MODEL, "--task", "text-classification",
                    "--methods", "ort-dynamic,nncf-weight-int8", "--runtimes", "auto",
                    "--eval", f"accuracy={dev}", "--batch-sizes", "1,2", "--seq-len", "32",
-                   "--warmup", "1", "--min-reps", "3", "--min-time-s", "0", "--out", out)
+                   "--warmup", "1", "--min-reps", "3", "--min-time-s", "0", "--throughput-streams", "2", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -51,8 +51,13 @@ def test_report_contract(small_run):
         q = row["quality"]
         assert q["metric"] == "accuracy" and q["fp32_value"] > 0.8
         assert abs(q["delta"]) <= 0.03
+        concurrent = row["concurrent"]
+        assert concurrent["streams"] == 2 and concurrent["requests"] >= 3 and concurrent["items_per_s"] > 0
+        assert concurrent["speedup_vs_fp32"] > 0
         if row["variant"] == "pytorch-fp32":
-            assert row["speedup_vs_fp32"] == 1.0 and q["delta"] == 0
+            assert row["speedup_vs_fp32"] == 1.0 and q["delta"] == 0 and concurrent["speedup_vs_fp32"] == 1.0
+        if row["variant"] in ("onnx-fp32", "openvino-fp32"):
+            assert row["speedup_vs_runtime_fp32"] == 1.0
     assert any(s["runtime"] == "ort-cuda" and "CUDAExecutionProvider" in s["reason"] for s in report["skipped"])
 
 

@@ -70,6 +70,8 @@ def _add_run(sub):
     p.add_argument("--warmup", type=int, help="warm-up iterations per measurement")
     p.add_argument("--min-reps", type=int, help="minimum timed iterations per measurement")
     p.add_argument("--min-time-s", type=float, help="minimum timed seconds per measurement")
+    p.add_argument("--throughput-streams", type=int,
+                   help="also measure throughput with N concurrent streams (each with cores/N threads)")
     p.add_argument("--out", help="output directory (default runs/<model>-<timestamp>); never overwritten")
     p.add_argument("--allow-pickle", action="store_true", default=None, help="allow pytorch_model.bin (pickle) weights")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="run the model repository's own code")
@@ -82,7 +84,7 @@ def _plan_from_args(args):
     data = base.to_dict()
     simple = {"model": args.model, "task": args.task, "runtimes": args.runtimes, "batch_sizes": args.batch_sizes,
               "seq_len": args.seq_len, "threads": args.threads, "warmup": args.warmup, "min_reps": args.min_reps,
-              "min_time_s": args.min_time_s, "out": args.out, "allow_pickle": args.allow_pickle,
+              "min_time_s": args.min_time_s, "throughput_streams": args.throughput_streams, "out": args.out, "allow_pickle": args.allow_pickle,
               "trust_remote_code": args.trust_remote_code}
     data.update({k: v for k, v in simple.items() if v is not None})
     if args.methods is not None:

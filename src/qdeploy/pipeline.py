@@ -19,7 +19,8 @@ import numpy as np
 
 from . import __version__, evaluation, exporters, models, quantization, runtimes
 from .artifact import Artifact, Manifest
-from .benchmarking import LatencyScenario, RssSampler, benchmark_inputs, measure_latency
+from .benchmarking import (LatencyScenario, RssSampler, ThroughputScenario, benchmark_inputs, measure_latency,
+                           measure_throughput)
 from .calibration import CalibrationSource
 from .cells import PLAN_FILE, CellStore, remove_stale_staging
 from .config import to_dict
@@ -230,7 +231,8 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
         "model": {"source": source.spec, "path": str(source.path), "task": plan.task, "sha256": source.sha256,
                   "model_type": source.model_type},
         "plan": plan.to_dict(),
-        "settings": {"threads": threads, **to_dict(scenario), "measured": "model only; inputs tokenized beforehand",
+        "settings": {"threads": threads, **to_dict(scenario), "throughput_streams": plan.throughput_streams,
+                     "measured": "model only; inputs tokenized beforehand",
                      "baseline": f"{BASELINE} on torch, same inputs; same process unless baseline_same_process "
                                  "is false (a resumed run)",
                      "sessions": sorted({r["session"] for r in rows})},
@@ -252,6 +254,9 @@ def _relate_to_baseline(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         ref = base.get((row["batch"], row["seq_len"]))
         row["speedup_vs_fp32"] = round(ref["latency_ms"]["p50"] / row["latency_ms"]["p50"], 3) if ref else None
+        if row.get("concurrent") and ref and ref.get("concurrent"):
+            row["concurrent"]["speedup_vs_fp32"] = round(row["concurrent"]["items_per_s"]
+                                                         / ref["concurrent"]["items_per_s"], 3)
         same = runtime_base.get((row["runtime"], row["format"], row["batch"], row["seq_len"]))
         row["speedup_vs_runtime_fp32"] = (round(same["latency_ms"]["p50"] / row["latency_ms"]["p50"], 3)
                                           if same else None)
@@ -287,14 +292,22 @@ def _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, c
                 store.put_array("reference", metric_name, np.asarray(raw))
             qualities.append({"metric": metric_name, "value": round(value, 6)})
         measurements = [measure_latency(session.run, inputs[b], scenario) for b in plan.batch_sizes]
-    del session
+        del session
+        throughput = {}
+        if plan.throughput_streams:
+            streams = plan.throughput_streams
+            sessions = [runtimes.load(artifact, runtime, max(1, threads // streams)) for _ in range(streams)]
+            concurrent = ThroughputScenario(streams=streams, min_requests=plan.min_reps, min_time_s=plan.min_time_s)
+            throughput = {b: measure_throughput([s.run for s in sessions], inputs[b], concurrent)
+                          for b in plan.batch_sizes}
+            del sessions
     size = artifact.size_mb() if artifact.format != "pytorch" else _weights_mb(artifact)
     return [{
         "variant": name, "runtime": runtime, "format": artifact.format, "precision": artifact.precision,
         "batch": m.batch, "seq_len": m.seq_len, "latency_ms": m.latency_ms, "throughput_per_s": m.throughput_per_s,
         "size_mb": size, "peak_rss_mb": round(memory.peak_mb, 1), "rss_delta_mb": memory.delta_mb,
         "load_s": round(load_s, 3), "iterations": m.iterations, "cv": m.cv, "noisy": m.noisy,
-        "qualities": qualities,
+        "qualities": qualities, "concurrent": throughput.get(m.batch),
     } for m in measurements]
 
 

@@ -45,6 +45,7 @@ class Plan:
     warmup: int = 5
     min_reps: int = 20
     min_time_s: float = 2.0
+    throughput_streams: int = 0  # > 0: also measure throughput with this many concurrent streams
     allow_pickle: bool = False
     trust_remote_code: bool = False
 

@@ -6,5 +6,7 @@ in the same process run.
 from .inputs import benchmark_inputs
 from .latency import LatencyScenario, Measurement, measure_latency
 from .memory import RssSampler
+from .throughput import ThroughputScenario, measure_throughput
 
-__all__ = ["LatencyScenario", "Measurement", "RssSampler", "benchmark_inputs", "measure_latency"]
+__all__ = ["LatencyScenario", "Measurement", "RssSampler", "ThroughputScenario", "benchmark_inputs", "measure_latency",
+           "measure_throughput"]

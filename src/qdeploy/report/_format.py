@@ -80,3 +80,13 @@ def _groups(results: list) -> list[tuple[tuple, list[dict]]]:
                           for v in (row.get("batch"), row.get("seq_len")))
             groups.setdefault(shape, []).append(row)
     return sorted(groups.items(), key=lambda item: _shape_key(item[0]))
+
+
+def _concurrent(row: dict) -> str:
+    """Items/s under concurrent streams, and its ratio to PyTorch fp32 measured the same way."""
+    data = row.get("concurrent")
+    if not isinstance(data, dict):
+        return DASH
+    text = _fmt(data.get("items_per_s"), 1)
+    ratio = _num(data.get("speedup_vs_fp32"))
+    return text + (f" ({ratio:.2f}×)" if ratio is not None else "")

@@ -11,10 +11,10 @@ import html
 import math
 from typing import Any, Callable
 
-from ._format import _fmt, _fmt_quality, _groups, _noisy, _num, _qualities
+from ._format import _concurrent, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities
 _WIDTH = 760  # SVG viewBox width; CSS scales the chart to the page.
 _COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
-            "throughput/s", "speed-up", "size MB", "peak RSS MB"]
+            "throughput/s", "speed-up", "vs runtime fp32", "concurrent/s", "size MB", "peak RSS MB"]
 # System font stack only: a web font would need a network fetch.
 _CSS = """
 body{font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;background:#fff;
@@ -66,6 +66,7 @@ def _results_table(rows: list[dict], _shape: str = "") -> str:
         lat, quals = _as(row.get("latency_ms"), dict), _qualities(row)
         numbers = [_fmt(lat.get("p50")), _fmt(lat.get("p90")), _fmt(lat.get("p99")),
                    _fmt(row.get("throughput_per_s"), 1), _fmt(row.get("speedup_vs_fp32"), 2, "×"),
+                   _fmt(row.get("speedup_vs_runtime_fp32"), 2, "×"), _concurrent(row),
                    _fmt(row.get("size_mb"), 1), _fmt(row.get("peak_rss_mb"), 0)]
         cells.append([(row.get("variant"), ""), (row.get("runtime"), ""), (row.get("precision"), "")]
                      + [(n, "num") for n in numbers]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._format import DASH, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities
+from ._format import DASH, _concurrent, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities
 
 _FIXED_COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
-                  "throughput/s", "speed-up", "size MB", "peak RSS MB"]
+                  "throughput/s", "speed-up", "vs runtime fp32", "concurrent/s", "size MB", "peak RSS MB"]
 # Text columns stay left-aligned; everything else is numeric and reads better right-aligned.
 _TEXT_COLUMNS = {"variant", "runtime", "precision", "note"}
 
@@ -47,6 +47,7 @@ def _row_cells(row: dict, metrics: list[str]) -> list[str]:
     return [_md(row.get("variant")), _md(row.get("runtime")), _md(row.get("precision")),
             _fmt(latency.get("p50")), _fmt(latency.get("p90")), _fmt(latency.get("p99")),
             _fmt(row.get("throughput_per_s"), 1), _fmt(row.get("speedup_vs_fp32"), 2, "×"),
+            _fmt(row.get("speedup_vs_runtime_fp32"), 2, "×"), _concurrent(row),
             _fmt(row.get("size_mb"), 1), _fmt(row.get("peak_rss_mb"), 0)] + \
         [_md(_fmt_quality(qualities.get(metric))) for metric in metrics] + [_noisy(row)]
 
