@@ -249,3 +249,21 @@ def test_ctrl_c_exits_130_and_keeps_nothing_half_written(tmp_path):
     assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_inspect_lists_every_layer(capsys, tmp_path):
+    run_dir = tmp_path / "artifacts"
+    assert run_cli(capsys, "export", "--model", SST2_MODEL, "--task", "text-classification", "--format", "onnx",
+                   "--out", run_dir / "onnx-fp32")[0] == 0
+    assert run_cli(capsys, "quantize", run_dir / "onnx-fp32", "--method", "ort-static", "--calibration-samples", "16",
+                   "--out", run_dir / "ort-static")[0] == 0
+    code = main(["inspect", str(run_dir / "ort-static"), "--calibration-samples", "16"])
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert code == 0
+    result = json.loads(open(out).read())
+    assert result["total"] == 36 and result["quantized"] == 24  # the 12 feed-forward layers stay float
+    ffn = [l for l in result["layers"] if "intermediate" in l["layer"] or "output/dense" in l["layer"]
+           and "attention" not in l["layer"]]
+    assert ffn and not any(l["quantized"] for l in ffn)
+    assert all(l["activation_scale"] for l in result["layers"] if l["quantized"])
+    assert not (run_dir / "ort-static" / "inspect.json").exists()

@@ -191,6 +191,25 @@ def cmd_compare(args, console):
     print(compare_runs([Path(d) for d in args.runs], Path(args.out)))
 
 
+def cmd_inspect(args, console):
+    from rich.table import Table
+
+    from .calibration import CalibrationSource
+    from .inspect_layers import inspect
+
+    # Beside the artifact, not inside: an artifact's directory holds exactly what its manifest lists.
+    artifact = Path(args.artifact)
+    out = Path(args.out) if args.out else artifact.parent / f"{artifact.resolve().name}.inspect.json"
+    result = inspect(args.artifact, CalibrationSource(args.calibration, samples=args.calibration_samples), out)
+    table = Table("layer", "int8", "activation max", "channels > 6", "int8 SQNR dB",
+                  title=f"{result['quantized']} of {result['total']} Linear layers quantized")
+    for layer in sorted(result["layers"], key=lambda l: l["int8_sqnr_db"]):
+        table.add_row(layer["layer"], "yes" if layer["quantized"] else "float", f"{layer['activation_absmax']:.2f}",
+                      str(layer["channels_above_6"]), f"{layer['int8_sqnr_db']:.1f}")
+    console.print(table)
+    print(out)
+
+
 def cmd_list(args, console):
     from rich.console import Console
 
@@ -275,12 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="merge the reports of several runs (machines, runtimes, threads) into one")
     p.add_argument("runs", nargs="+", help="run directories holding report.json")
     p.add_argument("--out", required=True, help="directory for compare.json, compare.md and compare.html")
+    p = sub.add_parser("inspect", help="per layer: quantized or float, scales, activation max, simulated int8 SQNR")
+    p.add_argument("artifact", help="an ONNX artifact (its fp32 parent must sit beside it, as in a run)")
+    p.add_argument("--calibration", default="builtin", help="text to measure activations on (as for quantize)")
+    p.add_argument("--calibration-samples", type=int, default=64)
+    p.add_argument("--out", help="where to write the JSON (default: <artifact>.inspect.json beside the artifact)")
     sub.add_parser("list", help="methods, runtimes, metrics, tasks and architectures qdeploy knows")
     return parser
 
 
 COMMANDS = {"run": cmd_run, "export": cmd_export, "quantize": cmd_quantize, "bench": cmd_bench,
-            "package": cmd_package, "compare": cmd_compare, "list": cmd_list}
+            "package": cmd_package, "compare": cmd_compare, "inspect": cmd_inspect, "list": cmd_list}
 
 
 _interrupted = False
