@@ -122,6 +122,17 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def gpus() -> list[dict]:
+    """NVIDIA GPUs by nvidia-smi (name, driver, memory); empty where there is none."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    rows = [line.split(", ") for line in out.stdout.strip().splitlines()] if out.returncode == 0 else []
+    return [{"name": r[0], "driver": r[1], "memory": r[2]} for r in rows if len(r) == 3]
+
+
 @lru_cache(maxsize=1)
 def describe() -> dict:
     """The machine description recorded beside every measurement."""
@@ -147,4 +158,5 @@ def describe() -> dict:
         "libraries": {name: _version(name) for name in LIBRARIES if _version(name)},
         "qdeploy_commit": _git_commit(),
         "execution_providers": providers,
+        "gpus": gpus(),
     }
