@@ -267,3 +267,24 @@ def test_inspect_lists_every_layer(capsys, tmp_path):
     assert ffn and not any(l["quantized"] for l in ffn)
     assert all(l["activation_scale"] for l in result["layers"] if l["quantized"])
     assert not (run_dir / "ort-static" / "inspect.json").exists()
+
+
+def test_unknown_option_from_the_cli(capsys, tmp_path):
+    code, err = run_cli(capsys, "run", "--methods", "ort-static", "--option", "ort-static.bogus=1", "--out",
+                        tmp_path / "o")
+    one_line_error(code, err, "unknown option(s) bogus; allowed: ")
+
+
+def test_internal_error_exits_1_with_a_log(capsys, tmp_path, monkeypatch):
+    from qdeploy import pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something qdeploy did not expect")
+
+    monkeypatch.setattr(pipeline, "run", broken)
+    code = main(["run", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert "internal error: RuntimeError: something qdeploy did not expect" in err[-1]
+    log = err[-1].split("traceback in ")[1].rstrip(")")
+    assert "Traceback" in open(log).read() and "Traceback" not in "\n".join(err)
