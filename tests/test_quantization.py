@@ -25,12 +25,17 @@ def sst2_dev():
     return SST2_DEV
 
 
+def _dev_head(tmp_path_factory, rows: int):
+    """The header and the first `rows` rows of SST-2 dev."""
+    lines = SST2_DEV.read_text(encoding="utf-8").splitlines()
+    path = tmp_path_factory.mktemp("data") / f"dev-{rows}.tsv"
+    path.write_text("\n".join(lines[:rows + 1]) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="module")
 def sst2_dev_half(tmp_path_factory):
-    lines = SST2_DEV.read_text(encoding="utf-8").splitlines()
-    path = tmp_path_factory.mktemp("data") / "dev-half.tsv"
-    path.write_text("\n".join(lines[:437]) + "\n", encoding="utf-8")
-    return path
+    return _dev_head(tmp_path_factory, 436)
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +109,7 @@ def test_empty_calibration_file(sst2_onnx, tmp_path):
 
 @pytest.fixture(scope="module")
 def sst2_dev_200(tmp_path_factory):
-    lines = SST2_DEV.read_text(encoding="utf-8").splitlines()
-    path = tmp_path_factory.mktemp("data") / "dev-200.tsv"
-    path.write_text("\n".join(lines[:201]) + "\n", encoding="utf-8")
-    return path
+    return _dev_head(tmp_path_factory, 200)
 
 
 @pytest.mark.slow

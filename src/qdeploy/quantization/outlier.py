@@ -28,11 +28,16 @@ def _types(reduce_range, activation_type):
 
 
 @dataclass(frozen=True)
-class Outlier:
-    threshold: float = 6.0  # max |activation| of a layer's input above which the layer stays float
+class StaticInt8:
+    """The int8 scheme both recipes end with (None: chosen by the CPU's instruction set, as in ort-static)."""
     per_channel: bool = True
     reduce_range: bool | None = None
     activation_type: INT8_TYPES | None = None
+
+
+@dataclass(frozen=True)
+class Outlier(StaticInt8):
+    threshold: float = 6.0  # max |activation| of a layer's input above which the layer stays float
 
 
 @register("outlier", Outlier, "onnx", needs_calibration=True,
@@ -68,11 +73,8 @@ def outlier(parent: Artifact, config: Outlier, calibration, target: Path, ctx):
 
 
 @dataclass(frozen=True)
-class SmoothQuant:
+class SmoothQuant(StaticInt8):
     alpha: float = 0.5  # migration strength: 0 keeps activations as they are, 1 moves all their range to weights
-    per_channel: bool = True
-    reduce_range: bool | None = None
-    activation_type: INT8_TYPES | None = None
 
 
 @register("smoothquant", SmoothQuant, "onnx", needs_calibration=True,
