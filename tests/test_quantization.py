@@ -73,11 +73,15 @@ def test_static_default_keeps_feed_forward_in_float(sst2_onnx, tmp_path):
     import onnx
 
     graph = onnx.load(str(artifact.model_path)).graph
-    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
-    consumers = {n.name: n for n in graph.node if n.op_type == "MatMul"}
-    for name in ffn:
-        assert not any(i in {d for d in dequantized} for i in consumers[name].input[:1] if i.endswith("_quantized"))
-    assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+    producer = {out: n.op_type for n in graph.node for out in n.output}
+    matmuls = {n.name: n for n in graph.node if n.op_type == "MatMul"}
+
+    def fed_by_dequantize(name):
+        return any(producer.get(i) == "DequantizeLinear" for i in matmuls[name].input)
+
+    assert not any(fed_by_dequantize(name) for name in ffn)
+    others = set(weight_matmuls(sst2_onnx.model_path)) - ffn
+    assert len(others) == 24 and all(fed_by_dequantize(name) for name in others)
 
 
 def test_method_options_are_typed():
