@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -33,9 +33,6 @@ class Measurement:
     cv: float
     noisy: bool
     what: str = "model only (tokenized inputs, no tokenization in the timed loop)"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
