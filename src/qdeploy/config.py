@@ -48,7 +48,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a number, got {value!r}")
         try:
             number = hint(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(float("inf")) overflows
             raise ConfigError(f"{where} must be {'an integer' if hint is int else 'a number'}, got {value!r}") from None
         if hint is int and isinstance(value, float) and value != number:
             raise ConfigError(f"{where} must be an integer, got {value!r}")
@@ -67,6 +67,9 @@ def build(cls: type[C], data: dict[str, Any] | None, where: str) -> C:
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of options, got {data!r}")
+    bad = [key for key in data if not isinstance(key, str)]
+    if bad:
+        raise ConfigError(f"{where}: option names must be text, got {bad[0]!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - fields)

@@ -68,10 +68,11 @@ def _method_specs(raw: Any) -> tuple[MethodSpec, ...]:
             specs.append(MethodSpec(item.strip()))
         elif isinstance(item, dict):
             unknown = set(item) - {"name", "options"}
-            if unknown or "name" not in item:
-                raise ConfigError(f"plan.methods entries are a name or {{name, options}}; got keys {sorted(item)}")
+            if unknown or "name" not in item or not isinstance(item["name"], str):
+                raise ConfigError("plan.methods entries are a name or {name, options}; "
+                                  f"got keys {sorted(map(str, item))}")
             options = item.get("options") or {}
-            if not isinstance(options, dict):
+            if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
                 raise ConfigError(f"plan.methods[{item['name']}].options must be a mapping")
             specs.append(MethodSpec(str(item["name"]), dict(options)))
         else:
@@ -89,7 +90,7 @@ def from_dict(data: dict[str, Any], where: str = "plan") -> Plan:
     methods = _method_specs(data.pop("methods", []))
     calibration = build(CalibrationSpec, data.pop("calibration", None), f"{where}.calibration")
     evals = data.pop("eval", None) or {}
-    if not isinstance(evals, dict) or not all(isinstance(v, str) for v in evals.values()):
+    if not isinstance(evals, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in evals.items()):
         raise ConfigError(f"{where}.eval must map metric names to file paths")
     plan = build(Plan, data, where)
     return replace(plan, methods=methods, calibration=calibration, eval=dict(evals))
