@@ -36,7 +36,7 @@ class Metric:
     read: Callable[[Path], Any] | None = None  # parses the data file; run before any long work to fail early
 
 
-METRICS: Registry[Metric] = Registry("metric")
+METRICS: Registry[Metric] = Registry("metric", ("qdeploy.evaluation.classification", "qdeploy.evaluation.embeddings"))
 
 
 def register(name: str, tasks: tuple[str, ...], needs_path: bool, description: str, scale: str = "unit",
@@ -48,17 +48,11 @@ def register(name: str, tasks: tuple[str, ...], needs_path: bool, description: s
     return add
 
 
-def _register_builtin() -> None:
-    from . import classification, embeddings  # noqa: F401
-
-
 def metric(name: str) -> Metric:
-    _register_builtin()
     return METRICS.get(name)
 
 
 def names() -> list[str]:
-    _register_builtin()
     return METRICS.names()
 
 

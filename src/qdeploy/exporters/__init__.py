@@ -32,11 +32,7 @@ class Format:
     write: Callable[..., tuple[str, dict[str, Any]]]
 
 
-FORMATS: Registry[Format] = Registry("format")
-
-
-def _register_builtin() -> None:
-    from . import onnx_format, openvino_format  # noqa: F401
+FORMATS: Registry[Format] = Registry("format", ("qdeploy.exporters.onnx_format", "qdeploy.exporters.openvino_format"))
 
 
 def tokenizer_for(model_dir: Path):
@@ -109,7 +105,6 @@ def compare(artifact: Artifact, runtime: str, batches, references, atol: float, 
 
 def validate(artifact: Artifact, model_dir: Path | None = None, atol: float | None = None) -> dict[str, Any]:
     """Re-check an existing artifact against its PyTorch source (raises ExportValidationError)."""
-    _register_builtin()
     source_dir = Path(model_dir or artifact.manifest.source["path"])
     model = load_model(source_dir, artifact.manifest.task, pickle=bool(artifact.manifest.source.get("pickle")))
     arch = architecture(model.config.model_type)
@@ -122,7 +117,6 @@ def validate(artifact: Artifact, model_dir: Path | None = None, atol: float | No
 def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, atol: float | None = None,
            opset: int | None = None, trust_remote_code: bool = False, overwrite: bool = False,
            progress: Progress | None = None) -> Artifact:
-    _register_builtin()
     say = progress or (lambda message: None)
     fmt = FORMATS.get(fmt_name)
     the_task = task(task_name)

@@ -31,7 +31,8 @@ class Method:
     description: str = ""
 
 
-METHODS: Registry[Method] = Registry("method")
+METHODS: Registry[Method] = Registry("method", tuple(f"qdeploy.quantization.{m}" for m in (
+    "auto", "nncf_methods", "ort_methods", "outlier", "precision", "weight_only")))
 _BY_CONFIG: dict[type, Method] = {}
 
 
@@ -45,17 +46,11 @@ def register(name: str, config: type, input_format: str, needs_calibration: bool
     return add
 
 
-def _register_builtin() -> None:
-    from . import auto, nncf_methods, ort_methods, outlier, precision, weight_only  # noqa: F401
-
-
 def method(name: str) -> Method:
-    _register_builtin()
     return METHODS.get(name)
 
 
 def names() -> list[str]:
-    _register_builtin()
     return METHODS.names()
 
 
@@ -72,7 +67,7 @@ class Context:
 
 def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationSource | None = None,
              progress: Progress | None = None, overwrite: bool = False) -> Artifact:
-    _register_builtin()
+    METHODS.load()  # registers every config type
     the_method = _BY_CONFIG.get(type(config))
     if the_method is None:
         raise UnsupportedError(f"no method registered for config {type(config).__name__}")

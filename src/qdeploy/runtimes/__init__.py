@@ -32,16 +32,15 @@ class Runtime(Protocol):
     def load(self, artifact: Artifact, threads: int | None = None) -> Session: ...
 
 
-RUNTIMES: Registry[Runtime] = Registry("runtime")
+RUNTIMES: Registry[Runtime] = Registry("runtime", tuple(f"qdeploy.runtimes.{m}" for m in (
+    "onnxruntime_rt", "openvino_rt", "torch_rt")))
 
 
 def get(name: str) -> Runtime:
-    _register_builtin()
     return RUNTIMES.get(name)
 
 
 def names() -> list[str]:
-    _register_builtin()
     return RUNTIMES.names()
 
 
@@ -54,14 +53,3 @@ def load(artifact: Artifact, runtime: str, threads: int | None = None) -> Sessio
     if not rt.supports(artifact):
         raise UnsupportedError(f"runtime {runtime} cannot run {artifact.format} artifacts (it runs: {', '.join(rt.formats)})")
     return rt.load(artifact, threads)
-
-
-_registered = False
-
-
-def _register_builtin() -> None:
-    # Importing the modules registers them; kept lazy so `import qdeploy` stays cheap.
-    global _registered
-    if not _registered:
-        _registered = True
-        from . import onnxruntime_rt, openvino_rt, torch_rt  # noqa: F401
