@@ -57,8 +57,19 @@ def test_perturbed_graph_fails_validation(sst2_onnx, tmp_path):
 
 
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    GPTJForCausalLM(GPTJConfig(n_embd=16, n_layer=1, n_head=2, vocab_size=64, n_positions=32, rotary_dim=4)
+                    ).save_pretrained(tmp_path / "gptj")
+    with pytest.raises(UnsupportedError, match="'gptj' is not supported yet; supported: .*bert.*llama"):
+        exporters.export(models.resolve(str(tmp_path / "gptj")), "text-generation", "onnx", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_task_the_architecture_does_not_do_is_refused(tmp_path):
     source = models.resolve(str(STORIES))
-    with pytest.raises(UnsupportedError, match="llama.*supported: .*bert"):
+    with pytest.raises(UnsupportedError, match="'llama' does not support task feature-extraction; it supports: "
+                                               "text-generation"):
         exporters.export(source, "feature-extraction", "onnx", tmp_path / "x")
     assert not (tmp_path / "x").exists()
 

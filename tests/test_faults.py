@@ -110,9 +110,11 @@ def test_bad_evaluation_files(capsys, tmp_path, content, needle):
     assert not (tmp_path / "o").exists()
 
 
-def test_unsupported_architecture_from_the_cli(capsys, tmp_path):
+def test_task_the_architecture_lacks_from_the_cli(capsys, tmp_path):
     code, err = run_cli(capsys, "run", "--model", STORIES, "--out", tmp_path / "o")
-    one_line_error(code, err, "architecture 'llama' is not supported yet; supported: albert, bert")
+    one_line_error(code, err, "architecture 'llama' does not support task feature-extraction; it supports: "
+                              "text-generation")
+    assert not (tmp_path / "o").exists()
 
 
 def test_export_quantize_bench_chain(capsys, tmp_path):

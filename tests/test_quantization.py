@@ -140,8 +140,9 @@ def test_outlier_threshold_decides_which_layers_stay_float(sst2_onnx, tmp_path):
                                          tmp_path / str(threshold), CALIBRATION)
         first = artifact.manifest.notes[0]
         kept[threshold] = int(first.split(": ")[1].split(" of ")[0])
-        assert all("max |input|" in note for note in artifact.manifest.notes[1:])
-        assert all(float(n.split("max |input| ")[1].split(",")[0]) > threshold for n in artifact.manifest.notes[1:])
+        floats = [n for n in artifact.manifest.notes if n.startswith("float: ")]
+        assert len(floats) == kept[threshold] and all("max |input|" in note for note in floats)
+        assert all(float(n.split("max |input| ")[1].split(",")[0]) > threshold for n in floats)
     assert kept[8.0] > kept[1000.0] == 0
 
 

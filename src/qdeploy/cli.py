@@ -19,6 +19,8 @@ EPILOG_RUN = """examples:
               --eval accuracy=../shared/data/sst2/dev.tsv
   qdeploy run --methods ort-dynamic,nncf-ptq --runtimes torch,ort-cpu,openvino-cpu --batch-sizes 1 --seq-len 64
   qdeploy run --plan my-plan.yaml --out runs/today
+  qdeploy run --model ../shared/models/stories260k --task text-generation --methods ort-dynamic,nncf-weight-int8 \
+              --batch-sizes 1,4 --eval perplexity=../shared/data/tinystories/valid-head.txt
 """
 
 
@@ -55,7 +57,7 @@ def _add_run(sub):
     p.add_argument("--plan", type=Path, help="plan file (YAML); flags override its keys")
     p.add_argument("--resume", metavar="OUT", help="continue an interrupted run in OUT, re-using its finished cells")
     p.add_argument("--model", help="local model directory or Hugging Face hub id (default: all-MiniLM-L6-v2)")
-    p.add_argument("--task", help="feature-extraction | text-classification")
+    p.add_argument("--task", help="feature-extraction | text-classification | text-generation")
     p.add_argument("--methods", help="comma-separated quantization methods (see `qdeploy list`)")
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. ort-static.per_channel=false (repeatable)")
@@ -72,6 +74,10 @@ def _add_run(sub):
     p.add_argument("--min-time-s", type=float, help="minimum timed seconds per measurement")
     p.add_argument("--throughput-streams", type=int,
                    help="also measure throughput with N concurrent streams (each with cores/N threads)")
+    p.add_argument("--new-tokens", type=int,
+                   help="text-generation: tokens decoded per request in the generation benchmark (default 64)")
+    p.add_argument("--timing", type=_csv(str),
+                   help="what latency times: model (tokenized inputs; default) and/or end-to-end (tokenization too)")
     p.add_argument("--out", help="output directory (default runs/<model>-<timestamp>); never overwritten")
     p.add_argument("--allow-pickle", action="store_true", default=None, help="allow pytorch_model.bin (pickle) weights")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="run the model repository's own code")
@@ -84,7 +90,8 @@ def _plan_from_args(args):
     data = base.to_dict()
     simple = {"model": args.model, "task": args.task, "runtimes": args.runtimes, "batch_sizes": args.batch_sizes,
               "seq_len": args.seq_len, "threads": args.threads, "warmup": args.warmup, "min_reps": args.min_reps,
-              "min_time_s": args.min_time_s, "throughput_streams": args.throughput_streams, "out": args.out, "allow_pickle": args.allow_pickle,
+              "min_time_s": args.min_time_s, "throughput_streams": args.throughput_streams,
+              "new_tokens": args.new_tokens, "timing": args.timing, "out": args.out, "allow_pickle": args.allow_pickle,
               "trust_remote_code": args.trust_remote_code}
     data.update({k: v for k, v in simple.items() if v is not None})
     if args.methods is not None:
@@ -131,9 +138,11 @@ def cmd_export(args, console):
     source = models.resolve(args.model, allow_pickle=args.allow_pickle)
     with _progress(console) as progress:
         artifact = exporters.export(source, args.task, args.format, Path(args.out), opset=args.opset,
-                                    trust_remote_code=args.trust_remote_code, progress=progress.log)
+                                    trust_remote_code=args.trust_remote_code, progress=progress.log,
+                                    stateful=not args.stateless)
     v = artifact.manifest.validation
-    console.print(f"validated on {v['runtime']}: max |diff| {v['max_abs_diff']:.2e} (atol {v['atol']})")
+    bound = f"atol {v['atol']}" if "atol" in v else f"tolerance {v['tolerance']:.2g}, greedy tokens identical"
+    console.print(f"validated on {v['runtime']}: max |diff| {v['max_abs_diff']:.2e} ({bound})")
     print(artifact.directory)
 
 
@@ -150,18 +159,23 @@ def cmd_quantize(args, console):
         artifact = quantization.quantize(parent, config, Path(args.out), calibration, progress=progress.log)
     for note in artifact.manifest.notes:
         console.print(f"  {note}")
+    console.print(f"  peak memory while quantizing: +{artifact.manifest.method['peak_rss_delta_mb']:.0f} MB")
     print(artifact.directory)
 
 
 def cmd_bench(args, console):
+    import dataclasses
+    import json
+
     from . import runtimes
     from .artifact import Artifact
-    from .benchmarking import LatencyScenario, benchmark_inputs, measure_latency
+    from .benchmarking import LatencyScenario, benchmark_case, measure_timings
     from transformers import AutoTokenizer
     from rich.table import Table
 
     scenario = LatencyScenario(warmup=args.warmup, min_reps=args.min_reps, min_time_s=args.min_time_s)
-    table = Table("artifact", "runtime", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "items/s", "cv")
+    table = Table("artifact", "runtime", "timing", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "items/s", "cv")
+    records = []
     for directory in args.artifacts:
         artifact = Artifact.load(directory, verify=True)
         names = [args.runtime] if args.runtime else [n for n in runtimes.names()
@@ -171,12 +185,16 @@ def cmd_bench(args, console):
         for runtime in names:
             session = runtimes.load(artifact, runtime, args.threads)
             for batch in args.batch_sizes:
-                inputs = benchmark_inputs(tokenizer, list(artifact.manifest.inputs), batch, args.seq_len)
-                m = measure_latency(session.run, inputs, scenario)
-                table.add_row(artifact.name, runtime, str(batch), str(args.seq_len), f"{m.latency_ms['p50']:.2f}",
-                              f"{m.latency_ms['p90']:.2f}", f"{m.latency_ms['p99']:.2f}", f"{m.throughput_per_s:.1f}",
-                              f"{m.cv:.1%}" + (" noisy" if m.noisy else ""))
+                case = benchmark_case(tokenizer, list(artifact.manifest.inputs), batch, args.seq_len)
+                for timing, m in measure_timings(session, case, scenario, args.timing).items():
+                    records.append({"artifact": str(artifact.directory), "runtime": runtime, **dataclasses.asdict(m)})
+                    table.add_row(artifact.name, runtime, timing, str(batch), str(args.seq_len),
+                                  f"{m.latency_ms['p50']:.2f}", f"{m.latency_ms['p90']:.2f}",
+                                  f"{m.latency_ms['p99']:.2f}", f"{m.throughput_per_s:.1f}",
+                                  f"{m.cv:.1%}" + (" noisy" if m.noisy else ""))
     console.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=2), encoding="utf-8")
 
 
 def cmd_package(args, console):
@@ -265,10 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     p = sub.add_parser("export", help="export a model to ONNX or OpenVINO IR, validated against PyTorch")
     p.add_argument("--model", help="local model directory or hub id (default: all-MiniLM-L6-v2)")
-    p.add_argument("--task", default="feature-extraction", help="feature-extraction | text-classification")
+    p.add_argument("--task", default="feature-extraction",
+                   help="feature-extraction | text-classification | text-generation")
     p.add_argument("--format", required=True, choices=["onnx", "openvino"])
     p.add_argument("--out", required=True, help="artifact directory to create")
     p.add_argument("--opset", type=int, help="ONNX opset (default per architecture, 17)")
+    p.add_argument("--stateless", action="store_true",
+                   help="text-generation to OpenVINO: KV cache as inputs/outputs instead of OpenVINO state")
     p.add_argument("--allow-pickle", action="store_true")
     p.add_argument("--trust-remote-code", action="store_true")
     p = sub.add_parser("quantize", help="quantize an fp32 artifact with one method")
@@ -287,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--min-reps", type=int, default=20)
     p.add_argument("--min-time-s", type=float, default=2.0)
+    p.add_argument("--new-tokens", type=int,
+                   help="text-generation: tokens decoded per request in the generation benchmark (default 64)")
+    p.add_argument("--timing", type=_csv(str), default=["model"], help="model and/or end-to-end (see `run --help`)")
+    p.add_argument("--json", metavar="FILE", help="also write the measurements (with stdev, cv and what was timed)")
     p = sub.add_parser("package", help="make a self-contained deployment directory or .tar.gz from an artifact")
     p.add_argument("artifact", help="an artifact directory (e.g. runs/<run>/artifacts/ort-static)")
     p.add_argument("--out", required=True, help="directory to create, or a name ending in .tar.gz")

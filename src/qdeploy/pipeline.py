@@ -19,8 +19,10 @@ import numpy as np
 
 from . import __version__, evaluation, exporters, models, quantization, runtimes
 from .artifact import Artifact, Manifest
-from .benchmarking import (LatencyScenario, RssSampler, ThroughputScenario, benchmark_inputs, measure_latency,
-                           measure_throughput)
+from .benchmarking.generation import GenerationScenario, measure_generation
+from .runtimes.decoding import Decoder
+from .benchmarking import (TIMINGS, LatencyScenario, RssSampler, ThroughputScenario, benchmark_case,
+                           measure_concurrent, measure_timings, throughput_runner)
 from .calibration import CalibrationSource
 from .cells import PLAN_FILE, CellStore, remove_stale_staging
 from .config import to_dict
@@ -29,7 +31,7 @@ from .machine import describe
 from .plan import Plan
 from .progress import Progress, Silent
 from .report import write_reports
-from .tasks import architecture, model_inputs
+from .tasks import architecture, check_task, for_generation, model_inputs
 from .tasks import task as get_task
 
 BASELINE = "pytorch-fp32"
@@ -71,6 +73,10 @@ def check(plan: Plan) -> Checked:
             metrics.append(name)
     if not plan.batch_sizes or min(plan.batch_sizes) < 1 or plan.seq_len < 2:
         raise ConfigError("batch sizes must be >= 1 and the sequence length >= 2")
+    if "model" not in plan.timing:
+        # Speed-ups, comparisons and throughput are all built on the model-only timing; end-to-end comes beside it.
+        raise ConfigError("timing must include model (e.g. model,end-to-end); got "
+                          f"{','.join(plan.timing) or 'nothing'}")
     unavailable = {r: reason for r in wanted_runtimes if (reason := runtimes.get(r).unavailable_reason())}
     if unavailable and not auto:
         # Asked for by name: an error. Under `auto`, runtimes missing here are reported as not run.
@@ -78,7 +84,7 @@ def check(plan: Plan) -> Checked:
         name, reason = next(iter(unavailable.items()))
         raise UnsupportedError(f"runtime {name} is not available: {reason}; available here: {', '.join(available)}")
     source = models.resolve(plan.model, allow_pickle=plan.allow_pickle)
-    architecture(source.model_type)
+    check_task(architecture(source.model_type), plan.task)
     cal = plan.calibration
     calibration = CalibrationSource(cal.source, cal.samples, cal.seed, cal.max_length, cal.batch_size)
     if any(quantization.method(name).needs_calibration for name, _ in method_configs):
@@ -92,11 +98,16 @@ def default_out(source: models.ModelSource) -> Path:
 
 
 def baseline_artifact(source: models.ModelSource, task_name: str, input_names: list[str],
-                      trust_remote_code: bool = False) -> Artifact:
+                      trust_remote_code: bool = False, pad_token_id: int = 0) -> Artifact:
     """The source model itself, run by PyTorch eager; never written (the source may be read-only)."""
+    runtime_config: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if get_task(task_name).generative:
+        config = json.loads((source.path / "config.json").read_text())
+        eos = config.get("eos_token_id")
+        runtime_config["decoder"] = {"pad_token_id": pad_token_id, "eos_token_id": eos if isinstance(eos, int) else None}
     manifest = Manifest(format="pytorch", model_file="config.json", precision="fp32", task=task_name,
                         source=source.describe(), inputs=input_names, outputs=list(get_task(task_name).outputs),
-                        runtime_config={"trust_remote_code": trust_remote_code})
+                        runtime_config=runtime_config)
     return Artifact(source.path, manifest)
 
 
@@ -191,12 +202,20 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
 
     tokenizer = AutoTokenizer.from_pretrained(str(source.path))
     input_names = model_inputs(architecture(source.model_type), tokenizer)
-    baseline = baseline_artifact(source, plan.task, input_names, plan.trust_remote_code)
+    generative = get_task(plan.task).generative
+    if generative:
+        for_generation(tokenizer)
+    baseline = baseline_artifact(source, plan.task, input_names, plan.trust_remote_code,
+                                 int(tokenizer.pad_token_id or 0))
+    # A decoder computes its own positions from the mask; what is fed per request is what a tokenizer gives.
+    feed_names = ["input_ids", "attention_mask"] if generative else input_names
     cells = [(a, r) for a in [baseline, *variants] for r in usable if runtimes.get(r).supports(a)]
-    inputs = {b: benchmark_inputs(tokenizer, input_names, b, plan.seq_len, max_positions=max_positions)
+    inputs = {b: benchmark_case(tokenizer, feed_names, b, plan.seq_len, max_positions=max_positions)
               for b in plan.batch_sizes}
     scenario = LatencyScenario(warmup=plan.warmup, min_reps=plan.min_reps, min_time_s=plan.min_time_s)
-    ctx = evaluation.EvalContext(tokenizer, input_names)
+    ctx = evaluation.EvalContext(tokenizer, feed_names, max_positions=max_positions)
+    generation = GenerationScenario(prompt_len=plan.seq_len, new_tokens=plan.new_tokens,
+                                    batch_sizes=tuple(plan.batch_sizes), min_time_s=plan.min_time_s)
     for metric_name in checked.metrics:
         reference = store.get_array("reference", metric_name)
         if reference is not None:
@@ -211,7 +230,7 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
             progress.log(f"measure {name} on {runtime}")
             try:
                 record = {"rows": _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, ctx,
-                                                plan, store), "session": session_id}
+                                                plan, store, generation), "session": session_id}
             except QdeployError as exc:
                 record = {"skipped": str(exc), "session": session_id}
             store.put("measure", cell_name, record)
@@ -232,7 +251,7 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
                   "model_type": source.model_type},
         "plan": plan.to_dict(),
         "settings": {"threads": threads, **to_dict(scenario), "throughput_streams": plan.throughput_streams,
-                     "measured": "model only; inputs tokenized beforehand",
+                     "measured": {t: TIMINGS.get(t).what for t in plan.timing},
                      "baseline": f"{BASELINE} on torch, same inputs; same process unless baseline_same_process "
                                  "is false (a resumed run)",
                      "sessions": sorted({r["session"] for r in rows})},
@@ -254,6 +273,10 @@ def _relate_to_baseline(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         ref = base.get((row["batch"], row["seq_len"]))
         row["speedup_vs_fp32"] = round(ref["latency_ms"]["p50"] / row["latency_ms"]["p50"], 3) if ref else None
+        for timing, measured in (row.get("timings") or {}).items():
+            ref_timing = ((ref or {}).get("timings") or {}).get(timing)
+            measured["speedup_vs_fp32"] = (round(ref_timing["latency_ms"]["p50"] / measured["latency_ms"]["p50"], 3)
+                                           if ref_timing else None)
         if row.get("concurrent") and ref and ref.get("concurrent"):
             row["concurrent"]["speedup_vs_fp32"] = round(row["concurrent"]["items_per_s"]
                                                          / ref["concurrent"]["items_per_s"], 3)
@@ -265,6 +288,13 @@ def _relate_to_baseline(rows: list[dict[str, Any]]) -> None:
             fp32 = base_quality.get(q["metric"])
             q["fp32_value"] = fp32
             q["delta"] = None if fp32 is None else round(q["value"] - fp32, 6)
+            # Signed so that positive is better: a perplexity that rises is a loss.
+            higher = evaluation.metric(q["metric"]).higher_is_better
+            q["gain"] = None if q["delta"] is None else (q["delta"] if higher else -q["delta"])
+        gen, ref_gen = row.get("generation"), (ref or {}).get("generation")
+        if gen and ref_gen:
+            gen["decode_speedup_vs_fp32"] = round(gen["decode_tokens_per_s"] / ref_gen["decode_tokens_per_s"], 3)
+            gen["ttft_speedup_vs_fp32"] = round(ref_gen["ttft_ms"] / gen["ttft_ms"], 3)
         row["quality"] = row["qualities"][-1] if row["qualities"] else None
 
 
@@ -276,7 +306,8 @@ def _variant_record(artifact: Artifact, out: Path) -> dict[str, Any]:
             "notes": artifact.manifest.notes}
 
 
-def _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, ctx, plan, store) -> list[dict]:
+def _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, ctx, plan, store,
+                  generation: GenerationScenario) -> list[dict]:
     is_baseline = name == BASELINE
     with RssSampler() as memory:
         t0 = time.perf_counter()
@@ -291,23 +322,32 @@ def _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, c
                 ctx.reference[metric_name] = raw
                 store.put_array("reference", metric_name, np.asarray(raw))
             qualities.append({"metric": metric_name, "value": round(value, 6)})
-        measurements = [measure_latency(session.run, inputs[b], scenario) for b in plan.batch_sizes]
+        generated = {}
+        if isinstance(session, Decoder):
+            prompts = {b: inputs[b].inputs for b in plan.batch_sizes}
+            generated = {r["batch"]: r for r in measure_generation(session, prompts, generation)}
+        timed = {b: measure_timings(session, inputs[b], scenario, plan.timing) for b in plan.batch_sizes}
+        measurements = [timed[b]["model"] for b in plan.batch_sizes]
+        settings = getattr(session, "settings", None)
+        runner = throughput_runner(session, plan.throughput_streams)  # the runtime's own async queue, if it has one
         del session
         throughput = {}
         if plan.throughput_streams:
             streams = plan.throughput_streams
-            sessions = [runtimes.load(artifact, runtime, max(1, threads // streams)) for _ in range(streams)]
             concurrent = ThroughputScenario(streams=streams, min_requests=plan.min_reps, min_time_s=plan.min_time_s)
-            throughput = {b: measure_throughput([s.run for s in sessions], inputs[b], concurrent)
-                          for b in plan.batch_sizes}
-            del sessions
+            throughput = measure_concurrent(
+                runner, lambda: runtimes.load(artifact, runtime, max(1, threads // streams)),
+                {b: inputs[b].inputs for b in plan.batch_sizes}, concurrent)
+            del runner
     size = artifact.size_mb() if artifact.format != "pytorch" else _weights_mb(artifact)
     return [{
         "variant": name, "runtime": runtime, "format": artifact.format, "precision": artifact.precision,
         "batch": m.batch, "seq_len": m.seq_len, "latency_ms": m.latency_ms, "throughput_per_s": m.throughput_per_s,
         "size_mb": size, "peak_rss_mb": round(memory.peak_mb, 1), "rss_delta_mb": memory.delta_mb,
-        "load_s": round(load_s, 3), "iterations": m.iterations, "cv": m.cv, "noisy": m.noisy,
-        "qualities": qualities, "concurrent": throughput.get(m.batch),
+        "load_s": round(load_s, 3), "iterations": m.iterations, "cv": m.cv, "noisy": m.noisy, "what": m.what,
+        "timings": {t: x.record() for t, x in timed[m.batch].items() if t != "model"},
+        "qualities": qualities, "concurrent": throughput.get(m.batch), "generation": generated.get(m.batch),
+        "runtime_settings": settings,
     } for m in measurements]
 
 

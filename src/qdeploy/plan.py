@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .config import build, to_dict
 from .errors import ConfigError, InputError
@@ -46,6 +46,9 @@ class Plan:
     min_reps: int = 20
     min_time_s: float = 2.0
     throughput_streams: int = 0  # > 0: also measure throughput with this many concurrent streams
+    new_tokens: int = 64  # generative tasks: tokens decoded per request in the generation benchmark
+    # model: tokenized inputs, model only (speed-ups use it); end-to-end: tokenization of the texts inside the timing
+    timing: tuple[Literal["model", "end-to-end"], ...] = ("model",)
     allow_pickle: bool = False
     trust_remote_code: bool = False
 

@@ -35,8 +35,16 @@ class Predictor:
         self.labels = {int(k): v for k, v in config.get("id2label", {}).items()}
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.tokenizer.enable_truncation(min(int(config.get("max_position_embeddings", 512)), 512))
-        pad = self._pad_token(directory)
-        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id(pad) or 0, pad_token=pad)
+        decoder = artifact.manifest.runtime_config.get("decoder")
+        self.generative = decoder is not None
+        if self.generative:
+            # Left padding: each row's next token is then in the last column (see runtimes/decoding.py).
+            pad_id = int(decoder.get("pad_token_id") or 0)
+            self.tokenizer.enable_padding(direction="left", pad_id=pad_id,
+                                          pad_token=self.tokenizer.id_to_token(pad_id) or "<pad>")
+        else:
+            pad = self._pad_token(directory)
+            self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id(pad) or 0, pad_token=pad)
 
     @staticmethod
     def _pad_token(directory: Path) -> str:
@@ -53,9 +61,24 @@ class Predictor:
         encodings = self.tokenizer.encode_batch(texts)
         columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
                    "token_type_ids": [e.type_ids for e in encodings]}
-        return {name: np.array(columns[name], dtype=np.int64) for name in self.artifact.manifest.inputs}
+        names = ("input_ids", "attention_mask") if self.generative else self.artifact.manifest.inputs
+        return {name: np.array(columns[name], dtype=np.int64) for name in names}
+
+    def generate(self, texts: str | list[str], max_new_tokens: int = 64, **sampling) -> str | list[str]:
+        """Continuations of the prompts (greedy unless do_sample=True; seed, temperature, top_k)."""
+        if not self.generative:
+            raise UnsupportedError(f"{self.artifact.directory} is a {self.artifact.manifest.task} artifact; "
+                                   "only text-generation artifacts generate")
+        single = isinstance(texts, str)
+        inputs = self.encode([texts] if single else list(texts))
+        tokens = self.session.generate(inputs["input_ids"], inputs["attention_mask"], max_new_tokens, **sampling)
+        eos = self.session.eos_token_id
+        texts_out = [self.tokenizer.decode(row[:_until(row, eos)].tolist()) for row in tokens]
+        return texts_out[0] if single else texts_out
 
     def __call__(self, texts: str | list[str], batch_size: int = 32):
+        if self.generative:
+            return self.generate(texts)
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         results = []
@@ -77,6 +100,12 @@ class Predictor:
             return [{"label": self.labels.get(int(i), str(int(i))), "score": float(p[i])}
                     for p, i in zip(probs, probs.argmax(axis=1))]
         raise UnsupportedError(f"qdeploy.load has no predictor for task {task} yet")
+
+
+def _until(row: np.ndarray, eos: int | None) -> int:
+    """Tokens before the first end of sequence (the rest is padding)."""
+    hits = np.flatnonzero(row == eos) if eos is not None else []
+    return int(hits[0]) if len(hits) else len(row)
 
 
 def _missing_isa(artifact: Artifact) -> list[str]:

@@ -13,6 +13,7 @@ class Task:
     auto_class: str  # the transformers Auto* class that loads the model
     outputs: tuple[str, ...]
     default_metric: str  # the fidelity metric used when no evaluation file is given
+    generative: bool = False  # exported with a KV cache and run token by token (see exporters/causal_lm.py)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Architecture:
     atol: float = 1e-4  # fp32 export vs PyTorch, max abs difference on real inputs
     opset: int = 17
     max_positions_key: str = "max_position_embeddings"
+    tasks: tuple[str, ...] = ("feature-extraction", "text-classification")
 
 
 TASKS: Registry[Task] = Registry("task")
@@ -31,6 +33,7 @@ ARCHITECTURES: Registry[Architecture] = Registry("architecture")
 for _task in (
     Task("feature-extraction", "AutoModel", ("last_hidden_state",), "cosine"),
     Task("text-classification", "AutoModelForSequenceClassification", ("logits",), "agreement"),
+    Task("text-generation", "AutoModelForCausalLM", ("logits",), "token-agreement", generative=True),
 ):
     TASKS.register(_task.name)(_task)
 
@@ -47,6 +50,21 @@ for _arch in (
 ):
     ARCHITECTURES.register(_arch.model_type)(_arch)
 
+# Decoders: the exporter adds the cache inputs (past_key_values.N.key/value) to these. BLOOM has no position_ids
+# (ALiBi attends by distance); the others take explicit positions so that left-padded batches generate correctly.
+_DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids")
+for _arch in (
+    Architecture("llama", _DECODER_INPUTS, tasks=("text-generation",)),
+    Architecture("mistral", _DECODER_INPUTS, tasks=("text-generation",)),
+    Architecture("qwen2", _DECODER_INPUTS, tasks=("text-generation",)),
+    Architecture("phi", _DECODER_INPUTS, tasks=("text-generation",)),
+    Architecture("gpt2", _DECODER_INPUTS, tasks=("text-generation",), max_positions_key="n_positions"),
+    Architecture("opt", _DECODER_INPUTS, tasks=("text-generation",)),
+    Architecture("gpt_neox", _DECODER_INPUTS, tasks=("text-generation",)),
+    Architecture("bloom", ("input_ids", "attention_mask"), tasks=("text-generation",), max_positions_key=""),
+):
+    ARCHITECTURES.register(_arch.model_type)(_arch)
+
 
 def task(name: str) -> Task:
     return TASKS.get(name)
@@ -60,9 +78,15 @@ def architecture(model_type: str) -> Architecture:
     return ARCHITECTURES.get(model_type)
 
 
+def check_task(arch: Architecture, task_name: str) -> None:
+    if task_name not in arch.tasks:
+        raise UnsupportedError(f"architecture {arch.model_type!r} does not support task {task_name}; "
+                               f"it supports: {', '.join(arch.tasks)}")
+
+
 def model_inputs(arch: Architecture, tokenizer) -> list[str]:
     """The architecture's inputs that this tokenizer produces (attention_mask always)."""
-    return [n for n in arch.inputs if n in tokenizer.model_input_names or n == "attention_mask"]
+    return [n for n in arch.inputs if n in tokenizer.model_input_names or n in ("attention_mask", "position_ids")]
 
 
 def load_model(model_dir, task_name: str, trust_remote_code: bool = False, pickle: bool = False):
@@ -79,3 +103,11 @@ def load_model(model_dir, task_name: str, trust_remote_code: bool = False, pickl
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot load the model in {model_dir}: {first}") from None
     return model.eval()
+
+
+def for_generation(tokenizer):
+    """Left padding (every row's next token in the last column) and a pad token (many causal LMs have none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    return tokenizer

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -8,9 +10,29 @@ from ..errors import ConfigError
 from ..textdata import builtin_path
 
 
-def benchmark_inputs(tokenizer, input_names: list[str], batch: int, seq_len: int, count: int = 4,
-                     max_positions: int | None = None) -> list[dict[str, np.ndarray]]:
-    """`count` different batches of real text, each row exactly `seq_len` tokens of running text (no padding).
+@dataclass(frozen=True)
+class BenchCase:
+    """The real texts of one input shape and the same texts tokenized: model-only timing runs `inputs`,
+    end-to-end timing tokenizes `texts` inside the timed loop and so feeds the model the very same tokens."""
+    texts: list[list[str]]
+    inputs: list[dict[str, np.ndarray]]
+    tokenizer: Any
+    input_names: list[str]
+    seq_len: int
+
+    @property
+    def batch(self) -> int:
+        return len(self.texts[0])
+
+
+def tokenize(tokenizer, texts: list[str], input_names: list[str], seq_len: int) -> dict[str, np.ndarray]:
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
+    return {name: enc[name].astype(np.int64) for name in input_names}
+
+
+def benchmark_texts(tokenizer, batch: int, seq_len: int, count: int = 4,
+                    max_positions: int | None = None) -> list[list[str]]:
+    """`count` different batches of real text, each row at least `seq_len` tokens of running text.
 
     Rows are consecutive sentences joined until the length is reached, so attention sees real tokens, not zeros;
     the batches differ so caches do not flatter any runtime.
@@ -28,9 +50,17 @@ def benchmark_inputs(tokenizer, input_names: list[str], batch: int, seq_len: int
         while len(tokenizer(text, add_special_tokens=True)["input_ids"]) < seq_len:
             text = (text + " " + next(stream)).strip()
         rows.append(text)
-    batches = []
-    for start in range(0, len(rows), batch):
-        enc = tokenizer(rows[start:start + batch], padding="max_length", truncation=True, max_length=seq_len,
-                        return_tensors="np")
-        batches.append({name: enc[name].astype(np.int64) for name in input_names})
-    return batches
+    return [rows[start:start + batch] for start in range(0, len(rows), batch)]
+
+
+def benchmark_case(tokenizer, input_names: list[str], batch: int, seq_len: int, count: int = 4,
+                   max_positions: int | None = None) -> BenchCase:
+    texts = benchmark_texts(tokenizer, batch, seq_len, count, max_positions)
+    inputs = [tokenize(tokenizer, rows, input_names, seq_len) for rows in texts]
+    return BenchCase(texts, inputs, tokenizer, list(input_names), seq_len)
+
+
+def benchmark_inputs(tokenizer, input_names: list[str], batch: int, seq_len: int, count: int = 4,
+                     max_positions: int | None = None) -> list[dict[str, np.ndarray]]:
+    """`count` tokenized batches, each row exactly `seq_len` tokens of real text (no padding)."""
+    return benchmark_case(tokenizer, input_names, batch, seq_len, count, max_positions).inputs

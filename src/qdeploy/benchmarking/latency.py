@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError
+
+MODEL_ONLY = "model only (tokenized inputs, no tokenization in the timed loop)"
 
 
 @dataclass(frozen=True)
@@ -32,23 +34,30 @@ class Measurement:
     throughput_per_s: float
     cv: float
     noisy: bool
-    what: str = "model only (tokenized inputs, no tokenization in the timed loop)"
+    what: str = MODEL_ONLY
+    timing: str = "model"
+
+    def record(self) -> dict[str, Any]:
+        """The fields a report row keeps for a timing other than the row's own (model-only) one."""
+        return {"what": self.what, "latency_ms": self.latency_ms, "throughput_per_s": self.throughput_per_s,
+                "iterations": self.iterations, "cv": self.cv, "noisy": self.noisy}
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
     return round(float(np.percentile(values, q)), 3)
 
 
-def measure_latency(run: Callable[[dict], object], inputs: list[dict[str, np.ndarray]], scenario: LatencyScenario,
-                    tick: Callable[[], None] | None = None) -> Measurement:
+def time_calls(call: Callable[[Any], object], items: Sequence, scenario: LatencyScenario,
+               tick: Callable[[], None] | None = None) -> np.ndarray:
+    """Milliseconds per call, cycling through `items`, after the warm-up."""
     for i in range(scenario.warmup):
-        run(inputs[i % len(inputs)])
+        call(items[i % len(items)])
     times: list[float] = []
     start = time.perf_counter()
     while True:
-        batch = inputs[len(times) % len(inputs)]
+        item = items[len(times) % len(items)]
         t0 = time.perf_counter()
-        run(batch)
+        call(item)
         times.append(time.perf_counter() - t0)
         if tick:
             tick()
@@ -56,16 +65,41 @@ def measure_latency(run: Callable[[dict], object], inputs: list[dict[str, np.nda
         enough = len(times) >= scenario.min_reps and elapsed >= scenario.min_time_s
         if enough or elapsed >= scenario.max_time_s and len(times) >= 3:
             break
-    ms = np.array(times) * 1000.0
+    return np.array(times) * 1000.0
+
+
+def summarize(ms: np.ndarray, batch: int, seq_len: int, scenario: LatencyScenario, what: str = MODEL_ONLY,
+              timing: str = "model") -> Measurement:
     mean = float(ms.mean())
     stdev = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
     cv = stdev / mean if mean else 0.0
-    batch_size, seq_len = next(iter(inputs[0].values())).shape[:2]
     return Measurement(
-        batch=int(batch_size), seq_len=int(seq_len), iterations=len(ms),
+        batch=int(batch), seq_len=int(seq_len), iterations=len(ms),
         latency_ms={"p50": _percentile(ms, 50), "p90": _percentile(ms, 90), "p99": _percentile(ms, 99),
                     "mean": round(mean, 3), "stdev": round(stdev, 3), "min": round(float(ms.min()), 3)},
-        throughput_per_s=round(batch_size * 1000.0 / mean, 2), cv=round(cv, 4), noisy=cv > scenario.cv_threshold,
+        throughput_per_s=round(batch * 1000.0 / mean, 2), cv=round(cv, 4), noisy=cv > scenario.cv_threshold,
+        what=what, timing=timing,
     )
 
 
+def measure_latency(run: Callable[[dict], object], inputs: list[dict[str, np.ndarray]], scenario: LatencyScenario,
+                    tick: Callable[[], None] | None = None) -> Measurement:
+    batch_size, seq_len = next(iter(inputs[0].values())).shape[:2]
+    return summarize(time_calls(run, inputs, scenario, tick), batch_size, seq_len, scenario)
+
+
+def measure_session(session, inputs: list[dict[str, np.ndarray]], scenario: LatencyScenario,
+                    tick: Callable[[], None] | None = None) -> Measurement:
+    """Model-only latency of a session.
+
+    A session whose model runs on a device (`bind`, e.g. ONNX Runtime on CUDA with I/O binding) gets its inputs
+    copied there once, before the clock starts, and keeps its outputs there: the host-device copies are part of
+    the end-to-end timing, not of the model's.
+    """
+    bind = getattr(session, "bind", None)
+    if bind is None:
+        return measure_latency(session.run, inputs, scenario, tick)
+    batch_size, seq_len = next(iter(inputs[0].values())).shape[:2]
+    bound = [bind(batch) for batch in inputs]
+    what = MODEL_ONLY.replace(")", "; inputs and outputs resident on the device)")
+    return summarize(time_calls(lambda run: run(), bound, scenario, tick), batch_size, seq_len, scenario, what)

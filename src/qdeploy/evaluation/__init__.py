@@ -21,6 +21,7 @@ class EvalContext:
     input_names: list[str]
     batch_size: int = 32
     max_length: int = 128
+    max_positions: int | None = None  # the model's context length (language-model windows)
     reference: dict[str, Any] = field(default_factory=dict)  # metric name -> the fp32 baseline's raw outputs
 
 
@@ -34,15 +35,17 @@ class Metric:
     description: str
     scale: str = "unit"  # "unit" for 0..1 values, "points" for x100 scores
     read: Callable[[Path], Any] | None = None  # parses the data file; run before any long work to fail early
+    higher_is_better: bool = True
 
 
-METRICS: Registry[Metric] = Registry("metric", ("qdeploy.evaluation.classification", "qdeploy.evaluation.embeddings"))
+METRICS: Registry[Metric] = Registry("metric", ("qdeploy.evaluation.classification", "qdeploy.evaluation.embeddings",
+                                                   "qdeploy.evaluation.language"))
 
 
 def register(name: str, tasks: tuple[str, ...], needs_path: bool, description: str, scale: str = "unit",
-             read: Callable[[Path], Any] | None = None):
+             read: Callable[[Path], Any] | None = None, higher_is_better: bool = True):
     def add(fn):
-        METRICS.register(name)(Metric(name, tasks, fn, needs_path, description, scale, read))
+        METRICS.register(name)(Metric(name, tasks, fn, needs_path, description, scale, read, higher_is_better))
         return fn
 
     return add

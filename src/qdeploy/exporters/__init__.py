@@ -13,11 +13,11 @@ import numpy as np
 
 from .. import runtimes
 from ..artifact import Artifact, Manifest, copy_tokenizer, finalize, staging
-from ..errors import ExportValidationError
+from ..errors import ExportValidationError, UnsupportedError
 from ..machine import build_record, describe
 from ..models import ModelSource
 from ..registry import Registry
-from ..tasks import Architecture, architecture, load_model, model_inputs, task
+from ..tasks import Architecture, architecture, check_task, load_model, model_inputs, task
 from ..textdata import builtin_path
 
 Progress = Callable[[str], None]
@@ -106,6 +106,8 @@ def compare(artifact: Artifact, runtime: str, batches, references, atol: float, 
 def validate(artifact: Artifact, model_dir: Path | None = None, atol: float | None = None) -> dict[str, Any]:
     """Re-check an existing artifact against its PyTorch source (raises ExportValidationError)."""
     source_dir = Path(model_dir or artifact.manifest.source["path"])
+    if task(artifact.manifest.task).generative:
+        raise UnsupportedError("re-validating a generative artifact is not supported yet; export it again instead")
     model = load_model(source_dir, artifact.manifest.task, pickle=bool(artifact.manifest.source.get("pickle")))
     arch = architecture(model.config.model_type)
     batches = validation_batches(tokenizer_for(source_dir), list(artifact.manifest.inputs))
@@ -116,11 +118,19 @@ def validate(artifact: Artifact, model_dir: Path | None = None, atol: float | No
 
 def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, atol: float | None = None,
            opset: int | None = None, trust_remote_code: bool = False, overwrite: bool = False,
-           progress: Progress | None = None) -> Artifact:
+           progress: Progress | None = None, stateful: bool = True) -> Artifact:
+    """`stateful` applies to text-generation exported to OpenVINO (KV cache kept as OpenVINO state)."""
     say = progress or (lambda message: None)
     fmt = FORMATS.get(fmt_name)
     the_task = task(task_name)
     arch: Architecture = architecture(source.model_type)
+    check_task(arch, task_name)
+    if the_task.generative:
+        from .causal_lm import export as export_decoder
+
+        return export_decoder(source, task_name, fmt_name, out, atol=atol, opset=opset,
+                              trust_remote_code=trust_remote_code, overwrite=overwrite, progress=progress,
+                              stateful=stateful)
     say(f"loading {source.spec}")
     model = load_model(source.path, task_name, trust_remote_code, pickle=source.pickle)
     tokenizer = tokenizer_for(source.path)

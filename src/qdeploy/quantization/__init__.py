@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..artifact import Artifact, Manifest, copy_tokenizer, finalize, staging
+from ..benchmarking.memory import RssSampler
 from ..calibration import CalibrationSource
 from ..config import build, to_dict
 from ..errors import UnsupportedError
@@ -32,7 +33,7 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("method", tuple(f"qdeploy.quantization.{m}" for m in (
-    "auto", "nncf_methods", "ort_methods", "outlier", "precision", "weight_only")))
+    "auto", "fp16", "fp8", "nncf_methods", "ort_methods", "outlier", "precision", "weight_only")))
 _BY_CONFIG: dict[type, Method] = {}
 
 
@@ -82,9 +83,15 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
     tokenizer = AutoTokenizer.from_pretrained(str(parent.directory))
     ctx = Context(tokenizer, progress or (lambda message: None))
     with staging(Path(out), overwrite=overwrite) as tmp:
-        model_file, precision, runtime_config, notes = the_method.apply(parent, config, calibration, tmp, ctx)
+        # Peak memory over what the process held before (calibration included): recorded, so a source or a method
+        # that grows with the number of samples shows up in the manifest rather than as a killed process.
+        with RssSampler() as memory:
+            model_file, precision, runtime_config, notes = the_method.apply(parent, config, calibration, tmp, ctx)
+        if "decoder" in parent.manifest.runtime_config:
+            # How the KV cache is carried does not change with the weights' precision.
+            runtime_config = {**runtime_config, "decoder": parent.manifest.runtime_config["decoder"]}
         copy_tokenizer(parent.directory, tmp)
-        method_record = {"name": the_method.name, "config": to_dict(config)}
+        method_record = {"name": the_method.name, "config": to_dict(config), "peak_rss_delta_mb": memory.delta_mb}
         if the_method.needs_calibration:
             method_record["calibration"] = to_dict(calibration)
         manifest = Manifest(

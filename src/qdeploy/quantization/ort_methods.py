@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..artifact import Artifact
-from ..errors import InputError, QdeployError
+from ..errors import ConfigError, InputError, QdeployError
 from ..machine import has_vnni
 from . import register
 
@@ -122,19 +122,25 @@ def ort_dynamic(parent: Artifact, config: OrtDynamic, calibration, target: Path,
 
 
 def run_static(model_path: Path, out_path: Path, nodes, gathers, excluded, calibration, ctx, input_names,
-               calibration_method: str, per_channel: bool, reduce_range: bool, activation: str, weight: str) -> None:
+               calibration_method: str, per_channel: bool, reduce_range: bool, activation: str, weight: str,
+               extra_options: dict | None = None) -> None:
     """ONNX Runtime static QDQ of the given MatMul (and embedding Gather) nodes; shared by the static recipes."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     if calibration_method != "minmax":
         # Histogram calibrators stack every batch's activations: they need one shape for all batches.
         calibration = dataclasses.replace(calibration, padding="max_length")
-    reader = calibration.ort_reader(ctx.tokenizer, list(input_names))
+    from ..calibration.source import strided_chunk
+
+    reader = calibration.ort_reader(ctx.tokenizer, list(input_names), ctx.progress)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[calibration_method]
     try:
         # quantize_static keeps its augmented model in a temporary directory of its own, not the working directory.
+        # Strided calibration folds a few batches at a time into the ranges or histograms: without it ORT holds every
+        # batch's intermediate tensors at once, and memory grows with the number of samples.
         quantize_static(str(model_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
+                        extra_options={"CalibStridedMinMax": strided_chunk(len(reader)), **(extra_options or {})},
                         op_types_to_quantize=["MatMul"] + (["Gather"] if gathers else []),
                         nodes_to_quantize=list(nodes) + list(gathers) if nodes is not None else None,
                         nodes_to_exclude=list(excluded) or None, per_channel=per_channel, reduce_range=reduce_range,
@@ -155,13 +161,30 @@ class OrtStatic:
     ffn_int8: bool = False  # True also quantizes the feed-forward MatMuls: faster, but see ffn_matmuls()
     embeddings_int8: bool = True
     exclude: tuple[str, ...] = ()
+    # Zero points 0 (activations and weights): what TensorRT's int8 takes. None: the preset's choice, else False.
+    symmetric: bool | None = None
+    preset: Literal["tensorrt"] | None = None  # defaults for one target (STATIC_PRESETS); contradicting them is an error
+
+    def __post_init__(self):
+        for key, value in STATIC_PRESETS.get(self.preset, {}).items():
+            if getattr(self, key) not in (None, value):
+                raise ConfigError(f"ort-static preset {self.preset} needs {key}={value}, got {getattr(self, key)}")
+
+
+# TensorRT runs int8 as S8S8 with symmetric scales and reads them from the graph's QDQ nodes (explicit quantization).
+STATIC_PRESETS = {"tensorrt": {"activation_type": "qint8", "weight_type": "qint8", "symmetric": True,
+                               "reduce_range": False}}
 
 
 @register("ort-static", OrtStatic, "onnx", needs_calibration=True,
           description="ONNX Runtime static int8, QDQ format, calibrated on real text")
 def ort_static(parent: Artifact, config: OrtStatic, calibration, target: Path, ctx):
+    preset = STATIC_PRESETS.get(config.preset, {})
+    config = dataclasses.replace(config, **{k: v for k, v in preset.items() if getattr(config, k) is None})
     reduce_range = (not has_vnni()) if config.reduce_range is None else config.reduce_range
-    activation = config.activation_type or ("qint8" if has_vnni() else "quint8")
+    # Symmetric u8 activations would get zero point 128, not 0: symmetric means s8.
+    activation = config.activation_type or ("qint8" if has_vnni() or config.symmetric else "quint8")
+    symmetric = {"ActivationSymmetric": True, "WeightSymmetric": True} if config.symmetric else {}
     nodes = _check(weight_matmuls(parent.model_path), parent) if config.weight_matmuls_only else None
     kept_float = set(config.exclude) | (set() if config.ffn_int8 else ffn_matmuls(parent.model_path))
     if nodes is not None:
@@ -170,9 +193,14 @@ def ort_static(parent: Artifact, config: OrtStatic, calibration, target: Path, c
     ctx.progress(f"ort-static: calibrating on {calibration.samples} samples from {calibration.spec}")
     run_static(parent.model_path, target / MODEL_FILE, nodes, gathers, sorted(kept_float), calibration, ctx,
                parent.manifest.inputs, config.calibration_method, config.per_channel, reduce_range, activation,
-               config.weight_type)
-    notes = [f"activations {activation}, weights {config.weight_type}, reduce_range={reduce_range}",
+               config.weight_type, symmetric)
+    notes = [f"activations {activation}, weights {config.weight_type}, reduce_range={reduce_range}, "
+             f"{'symmetric' if config.symmetric else 'asymmetric'} activations"
+             + (f" (preset {config.preset})" if config.preset else ""),
              f"{len(nodes) if nodes else 'all'} MatMul nodes and {len(gathers)} embedding tables quantized; kept in "
              f"float: attention-mask arithmetic, activation-by-activation MatMuls, {len(kept_float)} excluded MatMuls"
              + ("" if config.ffn_int8 else " (feed-forward, see ffn_int8)")]
-    return MODEL_FILE, "int8", {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL"}}, notes
+    # TensorRT needs its INT8 builder flag for the QDQ nodes to run in int8; the scales come from the graph.
+    trt = {"TensorrtExecutionProvider": {"trt_int8_enable": True}}
+    return MODEL_FILE, "int8", {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL",
+                                                "provider_options": trt}}, notes

@@ -30,11 +30,11 @@ def _fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
 
 def _quality_digits(quality: dict) -> int:
     # Cosine-like scores sit in [0, 1], where the 3rd/4th decimal is the signal;
-    # percent-scale scores (e.g. Spearman x100) would only show noise at 4 decimals.
+    # percent-scale scores (e.g. Spearman x100) would only show noise at 4 decimals; perplexities sit between.
     for key in ("value", "fp32_value", "delta"):
         number = _num(quality.get(key))
         if number is not None:
-            return 4 if abs(number) <= 1 else 2
+            return 4 if abs(number) <= 1 else 3 if abs(number) < 10 else 2
     return 4
 
 
@@ -90,3 +90,65 @@ def _concurrent(row: dict) -> str:
     text = _fmt(data.get("items_per_s"), 1)
     ratio = _num(data.get("speedup_vs_fp32"))
     return text + (f" ({ratio:.2f}×)" if ratio is not None else "")
+
+
+def _timings(rows: list) -> list[str]:
+    """Timings measured beside the model-only one (e.g. end-to-end), in the order rows first mention them."""
+    names: list[str] = []
+    for row in rows:
+        timings = row.get("timings") if isinstance(row, dict) else None
+        for name in timings if isinstance(timings, dict) else {}:
+            if name not in names:
+                names.append(str(name))
+    return names
+
+
+def _timing_cell(row: dict, name: str) -> str:
+    """p50 of another timing, and its ratio to PyTorch fp32 timed the same way."""
+    timings = row.get("timings")
+    data = timings.get(name) if isinstance(timings, dict) else None
+    if not isinstance(data, dict):
+        return DASH
+    latency = data.get("latency_ms") if isinstance(data.get("latency_ms"), dict) else {}
+    ratio = _num(data.get("speedup_vs_fp32"))
+    return _fmt(latency.get("p50")) + (f" ({ratio:.2f}×)" if ratio is not None else "")
+
+
+def _what_was_timed(results: list) -> list[tuple[str, str, str]]:
+    """(column, runtimes, what) for every distinct thing the rows timed: each number says what it measured."""
+    found: dict[tuple[str, str], list[str]] = {}
+
+    def note(column: str, what, runtime) -> None:
+        if isinstance(what, str) and what:
+            runtimes = found.setdefault((column, what), [])
+            if str(runtime) not in runtimes:
+                runtimes.append(str(runtime))
+
+    for row in results:
+        if not isinstance(row, dict):
+            continue
+        note("p50/p90/p99 ms, throughput/s", row.get("what"), row.get("runtime"))
+        timings = row.get("timings") if isinstance(row.get("timings"), dict) else {}
+        for name, data in timings.items():
+            note(f"{name} p50 ms", data.get("what") if isinstance(data, dict) else None, row.get("runtime"))
+        concurrent = row.get("concurrent") if isinstance(row.get("concurrent"), dict) else {}
+        note("concurrent/s", concurrent.get("what"), row.get("runtime"))
+    return [(column, ", ".join(runtimes), what) for (column, what), runtimes in found.items()]
+
+
+GENERATION_COLUMNS = ["variant", "runtime", "batch", "prompt", "new tokens", "TTFT ms", "prefill tok/s",
+                      "decode tok/s", "decode speed-up"]
+
+
+def _generation_rows(results: list) -> list[list[str]]:
+    """One row per variant, runtime and batch that has a generation measurement (text-generation runs)."""
+    rows = []
+    for row in _list(results):
+        gen = row.get("generation") if isinstance(row, dict) else None
+        if not isinstance(gen, dict):
+            continue
+        rows.append([str(row.get("variant")), str(row.get("runtime")), str(gen.get("batch")),
+                     str(gen.get("prompt_len")), str(gen.get("new_tokens")), _fmt(gen.get("ttft_ms")),
+                     _fmt(gen.get("prefill_tokens_per_s"), 1), _fmt(gen.get("decode_tokens_per_s"), 1),
+                     _fmt(gen.get("decode_speedup_vs_fp32"), 2, "×")])
+    return rows

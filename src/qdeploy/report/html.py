@@ -11,7 +11,8 @@ import html
 import math
 from typing import Any, Callable
 
-from ._format import _concurrent, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities
+from ._format import (GENERATION_COLUMNS, _concurrent, _generation_rows, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities, _timing_cell, _timings,
+                      _what_was_timed)
 _WIDTH = 760  # SVG viewBox width; CSS scales the chart to the page.
 _COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
             "throughput/s", "speed-up", "vs runtime fp32", "concurrent/s", "size MB", "peak RSS MB"]
@@ -61,6 +62,7 @@ def _results_table(rows: list[dict], _shape: str = "") -> str:
     metrics: list[str] = []
     for row in rows:
         metrics += [m for m in _qualities(row) if m not in metrics]
+    timings = _timings(rows)
     cells = []
     for row in rows:
         lat, quals = _as(row.get("latency_ms"), dict), _qualities(row)
@@ -68,11 +70,12 @@ def _results_table(rows: list[dict], _shape: str = "") -> str:
                    _fmt(row.get("throughput_per_s"), 1), _fmt(row.get("speedup_vs_fp32"), 2, "×"),
                    _fmt(row.get("speedup_vs_runtime_fp32"), 2, "×"), _concurrent(row),
                    _fmt(row.get("size_mb"), 1), _fmt(row.get("peak_rss_mb"), 0)]
+        numbers += [_timing_cell(row, timing) for timing in timings]
         cells.append([(row.get("variant"), ""), (row.get("runtime"), ""), (row.get("precision"), "")]
                      + [(n, "num") for n in numbers]
                      + [(_fmt_quality(quals.get(m)), "num") for m in metrics]
                      + [(_noisy(row), "noisy")])
-    return _table(_COLUMNS + metrics + ["note"], cells)
+    return _table(_COLUMNS + [f"{t} p50 ms" for t in timings] + metrics + ["note"], cells)
 
 
 def _svg(height: float, body: list[str], label: str) -> str:
@@ -157,7 +160,8 @@ def _scatter(rows: list[dict], shape: str) -> str:
     data = []
     for row in rows:
         quality = _as(row.get("quality"), dict)
-        x, y = _num(row.get("speedup_vs_fp32")), _num(quality.get("delta"))
+        # "gain" is the delta signed so that up is better (perplexity falls when quality rises)
+        x, y = _num(row.get("speedup_vs_fp32")), _num(quality.get("gain", quality.get("delta")))
         if x is not None and y is not None:
             data.append((x, y, _label(row), str(quality.get("metric") or "quality")))
     if not data:
@@ -260,6 +264,10 @@ def render_html(report: dict) -> str:
     if settings:
         rows = [[(key, "key"), (value, "")] for key, value in settings.items()]
         out += ["<h2>Settings</h2>", _table(None, rows)]
+    timed = [[(column, "key"), (runtimes, ""), (what, "")]
+             for column, runtimes, what in _what_was_timed(_as(report.get("results"), list))]
+    if timed:
+        out += ["<h2>What was timed</h2>", _table(["numbers", "runtimes", "what the clock covered"], timed)]
     groups = _groups(_as(report.get("results"), list))
     if not groups:
         out.append('<h2>Results</h2><p class="empty">There are no benchmark results to show.</p>')
@@ -270,6 +278,9 @@ def render_html(report: dict) -> str:
                       "the line form the Pareto front: no other point is both at least as fast and at "
                       "least as accurate.")
     out += ["<h2>Model size</h2>", _size_chart(_as(report.get("variants"), list))]
+    generation = [[(cell, "") for cell in row] for row in _generation_rows(_as(report.get("results"), list))]
+    if generation:
+        out += ["<h2>Generation</h2>", _table(GENERATION_COLUMNS, generation)]
     out += _per_shape("Results", groups, _results_table)
     skipped = [e for e in _as(report.get("skipped"), list) if isinstance(e, dict)]
     rows = [[(e.get("variant"), ""), (e.get("runtime"), ""), (e.get("reason"), "")] for e in skipped]

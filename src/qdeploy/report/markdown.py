@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._format import DASH, _concurrent, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities
+from ._format import (DASH, GENERATION_COLUMNS, _generation_rows, _concurrent, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities, _timing_cell,
+                      _timings, _what_was_timed)
 
 _FIXED_COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
                   "throughput/s", "speed-up", "vs runtime fp32", "concurrent/s", "size MB", "peak RSS MB"]
@@ -41,7 +42,7 @@ def _metrics(rows: list[dict]) -> list[str]:
     return metrics
 
 
-def _row_cells(row: dict, metrics: list[str]) -> list[str]:
+def _row_cells(row: dict, metrics: list[str], timings: list[str]) -> list[str]:
     latency = _dict(row.get("latency_ms"))
     qualities = _qualities(row)
     return [_md(row.get("variant")), _md(row.get("runtime")), _md(row.get("precision")),
@@ -49,15 +50,16 @@ def _row_cells(row: dict, metrics: list[str]) -> list[str]:
             _fmt(row.get("throughput_per_s"), 1), _fmt(row.get("speedup_vs_fp32"), 2, "×"),
             _fmt(row.get("speedup_vs_runtime_fp32"), 2, "×"), _concurrent(row),
             _fmt(row.get("size_mb"), 1), _fmt(row.get("peak_rss_mb"), 0)] + \
+        [_timing_cell(row, timing) for timing in timings] + \
         [_md(_fmt_quality(qualities.get(metric))) for metric in metrics] + [_noisy(row)]
 
 
 def _table(rows: list[dict]) -> list[str]:
-    metrics = _metrics(rows)
-    header = _FIXED_COLUMNS + [_md(metric) for metric in metrics] + ["note"]
+    metrics, timings = _metrics(rows), _timings(rows)
+    header = _FIXED_COLUMNS + [f"{_md(t)} p50 ms" for t in timings] + [_md(metric) for metric in metrics] + ["note"]
     align = [":---" if name in _TEXT_COLUMNS else "---:" for name in header]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(_row_cells(row, metrics)) + " |" for row in rows]
+    lines += ["| " + " | ".join(_row_cells(row, metrics, timings)) + " |" for row in rows]
     return lines
 
 
@@ -98,6 +100,14 @@ def _settings(settings: dict) -> list[str]:
     return ["## Settings", "", " · ".join(items)]
 
 
+def _timed(results: list) -> list[str]:
+    entries = _what_was_timed(results)
+    if not entries:
+        return []
+    return ["## What was timed", ""] + [f"- **{_md(column)}** ({_md(runtimes)}): {_md(what)}"
+                                        for column, runtimes, what in entries] + [""]
+
+
 def _skipped(skipped: list) -> list[str]:
     lines = ["## Skipped", ""]
     entries = [s for s in skipped if isinstance(s, dict)]
@@ -128,6 +138,7 @@ def render_markdown(report: dict) -> str:
     settings = _settings(_dict(report.get("settings")))
     lines += settings + ([""] if settings else [])
 
+    lines += _timed(_list(report.get("results")))
     lines += ["## Results", ""]
     groups = _groups(_list(report.get("results")))
     if not groups:
@@ -137,5 +148,12 @@ def render_markdown(report: dict) -> str:
                   "sequence length; quality cells show the value and its delta (Δ) to fp32.", ""]
     for (batch, seq_len), rows in groups:
         lines += [f"### batch {_md(batch)} · seq_len {_md(seq_len)}", ""] + _table(rows) + [""]
+    generation = _generation_rows(_list(report.get("results")))
+    if generation:
+        lines += ["## Generation", "", "Greedy decoding with the KV cache; TTFT is the prefill of the prompt. Decode "
+                  "speed-up is relative to PyTorch eager fp32 at the same batch.", "",
+                  "| " + " | ".join(GENERATION_COLUMNS) + " |",
+                  "|" + "|".join(":---" if c in ("variant", "runtime") else "---:" for c in GENERATION_COLUMNS) + "|"]
+        lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in generation] + [""]
     lines += _skipped(_list(report.get("skipped")))
     return "\n".join(lines).rstrip() + "\n"

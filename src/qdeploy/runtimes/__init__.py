@@ -52,4 +52,8 @@ def load(artifact: Artifact, runtime: str, threads: int | None = None) -> Sessio
         raise UnsupportedError(f"runtime {runtime} is not available here: {reason}; available: {', '.join(available)}")
     if not rt.supports(artifact):
         raise UnsupportedError(f"runtime {runtime} cannot run {artifact.format} artifacts (it runs: {', '.join(rt.formats)})")
+    if artifact.manifest.runtime_config.get("decoder"):
+        from . import decoding  # generative artifacts run token by token with a KV cache
+
+        return decoding.load(artifact, rt, threads)
     return rt.load(artifact, threads)

@@ -1,0 +1,66 @@
+"""Generation speed of a decoder: time to first token (the prefill), prefill and decode tokens per second.
+
+Greedy, end of sequence ignored, so every repetition decodes the same number of tokens; the prompts are real text of
+exactly the requested length (no padding), different on every repetition.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GenerationScenario:
+    prompt_len: int = 128
+    new_tokens: int = 64
+    batch_sizes: tuple[int, ...] = (1, 4)
+    warmup: int = 1
+    min_reps: int = 3
+    min_time_s: float = 2.0
+
+    def __post_init__(self):
+        if self.prompt_len < 1 or self.new_tokens < 2 or self.min_reps < 1:
+            raise ConfigError("generation benchmark needs prompt_len >= 1, new_tokens >= 2 and min_reps >= 1")
+
+
+def _once(decoder, batch: dict[str, np.ndarray], new_tokens: int) -> tuple[float, float]:
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    rows = ids.shape[0]
+    decoder.reset(rows)
+    t0 = time.perf_counter()
+    token = decoder.step(ids, mask)[:, -1].argmax(-1)
+    t1 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        mask = np.concatenate([mask, np.ones((rows, 1), dtype=np.int64)], axis=1)
+        token = decoder.step(token[:, None].astype(np.int64), mask)[:, -1].argmax(-1)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def measure_generation(decoder, inputs: dict[int, list[dict[str, np.ndarray]]], scenario: GenerationScenario) -> list[dict]:
+    """`inputs`: batch size -> prompt batches of `prompt_len` tokens. One record per batch size."""
+    records = []
+    for batch_size in scenario.batch_sizes:
+        batches = inputs[batch_size]
+        for i in range(scenario.warmup):
+            _once(decoder, batches[i % len(batches)], scenario.new_tokens)
+        prefill, decode = [], []
+        start = time.perf_counter()
+        while len(prefill) < scenario.min_reps or time.perf_counter() - start < scenario.min_time_s:
+            first, rest = _once(decoder, batches[len(prefill) % len(batches)], scenario.new_tokens)
+            prefill.append(first)
+            decode.append(rest)
+        ttft = float(np.median(prefill))
+        decode_s = float(np.median(decode))
+        records.append({
+            "batch": batch_size, "prompt_len": scenario.prompt_len, "new_tokens": scenario.new_tokens,
+            "repetitions": len(prefill),
+            "ttft_ms": round(ttft * 1000, 3),
+            "prefill_tokens_per_s": round(batch_size * scenario.prompt_len / ttft, 1),
+            "decode_tokens_per_s": round(batch_size * (scenario.new_tokens - 1) / decode_s, 1),
+            "cv_decode": round(float(np.std(decode) / np.mean(decode)), 4) if len(decode) > 1 else 0.0,
+        })
+    return records

@@ -1,0 +1,209 @@
+"""Causal LM -> ONNX with the KV cache as inputs and outputs, or OpenVINO IR (stateful by default), validated token by
+token: the exported model must reproduce PyTorch's greedy tokens and, within tolerance, its logits at every step.
+
+ONNX goes through `torch.onnx.export(dynamo=True)`: the TorchScript exporter fails on the cache code of current
+transformers (`unordered_map::at`). OpenVINO IR is converted from that ONNX graph, then made stateful, so both formats
+come from one traced graph.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifact import Artifact, Manifest, copy_tokenizer, finalize, staging
+from ..errors import ExportValidationError, UnsupportedError
+from ..machine import build_record, describe
+from ..models import ModelSource
+from ..runtimes import decoding
+from ..tasks import architecture, for_generation, load_model, model_inputs, task
+from ..textdata import builtin_path
+
+ONNX_FILE = "model.onnx"
+OPENVINO_FILE = "openvino_model.xml"
+# Beyond this the protobuf limit (2 GB) is near: weights go to an external file next to the graph.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+GREEDY_STEPS = 8
+# fp32 stateful OpenVINO: the cache must stay f32 too (the CPU plugin may otherwise compress it to u8 or f16).
+OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+
+
+def cache_names(layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    return past, [name.replace("past_key_values", "present") for name in past]
+
+
+def _wrap(model, input_names: list[str], layers: int):
+    """Positional inputs (the architecture's, then the flattened cache) -> (logits, *flattened present cache)."""
+    import torch
+    from transformers import DynamicCache
+
+    count = len(input_names)
+
+    class WithCache(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):
+            cache = DynamicCache()
+            for i in range(layers):
+                cache.update(args[count + 2 * i], args[count + 2 * i + 1], i)
+            out = self.model(**dict(zip(input_names, args[:count])), past_key_values=cache, use_cache=True)
+            present = out.past_key_values
+            flat = []
+            for i in range(layers):
+                layer = present.layers[i]
+                flat += [layer.keys, layer.values]
+            return (out.logits, *flat)
+
+    return WithCache().eval()
+
+
+def prompts(tokenizer, input_names: list[str]) -> dict[str, np.ndarray]:
+    """Two real held-out sentences of different lengths, left-padded: a batch that exercises the padding path."""
+    lines = builtin_path("heldout.txt").read_text(encoding="utf-8").splitlines()
+    enc = tokenizer([lines[0], lines[5].split(",")[0]], padding=True, truncation=True, max_length=24,
+                    return_tensors="np")
+    return {name: enc[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
+
+
+def step_logits(decoder: decoding.Decoder, batch: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
+    """Last-position logits after the prompt and after each of `tokens` fed one at a time (teacher forcing)."""
+    mask = batch["attention_mask"]
+    decoder.reset(mask.shape[0])
+    logits = [decoder.step(batch["input_ids"], mask)[:, -1]]
+    for column in tokens.T[:-1]:
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
+        logits.append(decoder.step(column[:, None], mask)[:, -1])
+    return np.stack(logits, axis=1)
+
+
+def compare(artifact: Artifact, runtime: str, batch, ref_tokens, ref_logits, atol: float, rtol: float = 1e-3):
+    """Greedy tokens must be identical; step logits within atol + rtol * max|logit| (logits are compared on the scale
+    of the distribution they parameterize, so small logits do not get a tolerance of almost nothing)."""
+    from .. import runtimes
+
+    decoder = runtimes.load(artifact, runtime)
+    tokens = decoder.generate(batch["input_ids"], batch["attention_mask"], GREEDY_STEPS, eos_token_id=None)
+    logits = step_logits(decoder, batch, ref_tokens)
+    diff = float(np.abs(logits - ref_logits).max()) if logits.shape == ref_logits.shape else float("inf")
+    bound = atol + rtol * float(np.abs(ref_logits).max())
+    if not np.array_equal(tokens, ref_tokens):
+        raise ExportValidationError(
+            f"{artifact.format} export failed validation on {runtime}: greedy tokens {tokens.tolist()} differ from "
+            f"PyTorch's {ref_tokens.tolist()} (logits differ by up to {diff:.3g})")
+    if not diff <= bound:
+        raise ExportValidationError(f"{artifact.format} export failed validation on {runtime}: step logits differ from "
+                                    f"PyTorch by up to {diff:.3g} (tolerance {bound:.3g})")
+    return {"runtime": runtime, "max_abs_diff": diff, "tolerance": bound, "greedy_tokens_identical": True,
+            "greedy_steps": GREEDY_STEPS, "batch": list(batch["input_ids"].shape)}
+
+
+def _write_onnx(wrapped, example: tuple, names_in: list[str], names_out: list[str], past_in: list[str],
+                target: Path, opset: int, large: bool) -> None:
+    import torch
+
+    dynamic = torch.export.Dim.DYNAMIC
+    shapes = [{0: dynamic, 1: dynamic} for _ in names_in[:len(names_in) - len(past_in)]]
+    shapes += [{0: dynamic, 2: dynamic} for _ in past_in]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, example, str(target / ONNX_FILE), dynamo=True, input_names=names_in,
+                          output_names=names_out, dynamic_shapes=(tuple(shapes),), opset_version=max(opset, 18),
+                          external_data=large, verbose=False)
+
+
+def _make_stateful(model, past_in: list[str], present_out: list[str]) -> None:
+    """Cache inputs/outputs become OpenVINO state. Each state starts as zeros [batch, heads, 0, dim], its batch
+    taken from input_ids: without that initializer the state's batch would be 0 and reshapes in the graph fail."""
+    import openvino.opset13 as ops
+    from openvino._offline_transformations import apply_make_stateful_transformation
+
+    apply_make_stateful_transformation(model, dict(zip(past_in, present_out)))
+    batch = ops.gather(ops.shape_of(model.input("input_ids"), output_type="i64"), ops.constant([0]), ops.constant(0))
+    for op in model.get_ops():
+        if op.get_type_name() == "ReadValue":
+            shape = op.get_output_partial_shape(0)
+            dims = [batch if axis == 0 else ops.constant(np.array([0 if d.is_dynamic else d.get_length()], np.int64))
+                    for axis, d in enumerate(shape)]
+            op.set_arguments([ops.broadcast(ops.constant(np.array(0, dtype=np.float32)), ops.concat(dims, 0))])
+    model.validate_nodes_and_infer_types()
+
+
+def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, atol: float | None = None,
+           opset: int | None = None, trust_remote_code: bool = False, overwrite: bool = False, progress=None,
+           stateful: bool = True) -> Artifact:
+    import torch
+
+    say = progress or (lambda message: None)
+    if fmt_name not in ("onnx", "openvino"):
+        raise UnsupportedError(f"generative models export to onnx or openvino, not {fmt_name}")
+    arch = architecture(source.model_type)
+    the_task = task(task_name)
+    say(f"loading {source.spec}")
+    model = load_model(source.path, task_name, trust_remote_code, pickle=source.pickle)
+    from . import tokenizer_for
+
+    tokenizer = for_generation(tokenizer_for(source.path))
+    input_names = model_inputs(arch, tokenizer)
+    pad = int(tokenizer.pad_token_id or 0)
+    eos = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else None
+    batch = prompts(tokenizer, input_names)
+    reference = decoding.TorchDecoder(model, input_names=input_names, pad_token_id=pad, eos_token_id=eos)
+    # References first: tracing for export can leave the module in a state whose eager outputs differ.
+    ref_tokens = reference.generate(batch["input_ids"], batch["attention_mask"], GREEDY_STEPS, eos_token_id=None)
+    ref_logits = step_logits(reference, batch, ref_tokens)
+
+    # Example: a real prefix in the cache (3 tokens) and 4 new tokens, batch 2, so no axis is traced as 0 or 1.
+    ids = batch["input_ids"][:, -7:]
+    with torch.inference_mode():
+        prefix = model(input_ids=torch.from_numpy(ids[:, :3]), use_cache=True).past_key_values
+    layers = len(prefix.layers)
+    past_in, present_out = cache_names(layers)
+    past = [t.clone() for layer in prefix.layers for t in (layer.keys, layer.values)]
+    mask = np.ones_like(ids)
+    feeds = {"input_ids": ids[:, 3:], "attention_mask": mask, "position_ids": decoding.positions(mask, 4)}
+    example = (*[torch.from_numpy(feeds[name]) for name in input_names], *past)
+    past_shape = [-1, *past[0].shape[1:]]
+    past_shape[2] = 0
+    large = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
+    spec: dict[str, Any] = {"past_inputs": past_in, "present_outputs": present_out, "past_shape": past_shape,
+                            "layers": layers, "pad_token_id": pad, "eos_token_id": eos, "stateful": False}
+    with staging(Path(out), overwrite=overwrite) as tmp:
+        say(f"exporting to {fmt_name} with a KV cache ({layers} layers)")
+        graph_dir = tmp if fmt_name == "onnx" else Path(tempfile.mkdtemp(prefix="onnx-", dir=tmp))
+        _write_onnx(_wrap(model, input_names, layers), example, [*input_names, *past_in],
+                    ["logits", *present_out], past_in, graph_dir, opset or arch.opset, large)
+        runtime_config: dict[str, Any] = {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL"}}
+        model_file = ONNX_FILE
+        if fmt_name == "openvino":
+            import openvino as ov
+
+            ov_model = ov.convert_model(str(graph_dir / ONNX_FILE))
+            if stateful:
+                _make_stateful(ov_model, past_in, present_out)
+            ov.save_model(ov_model, str(tmp / OPENVINO_FILE), compress_to_fp16=False)
+            del ov_model
+            shutil.rmtree(graph_dir)
+            spec["stateful"] = stateful
+            runtime_config = {"openvino": dict(OPENVINO_FP32)}
+            model_file = OPENVINO_FILE
+        runtime_config["decoder"] = spec
+        copy_tokenizer(source.path, tmp)
+        manifest = Manifest(
+            format=fmt_name, model_file=model_file, precision="fp32", task=task_name, source=source.describe(),
+            runtime_config=runtime_config, inputs=input_names, outputs=list(the_task.outputs),
+            libraries=describe()["libraries"], built_on=build_record(),
+        )
+        finalize(tmp, manifest)
+        validator = "ort-cpu" if fmt_name == "onnx" else "openvino-cpu"
+        say(f"validating {fmt_name} against PyTorch: greedy tokens and step logits")
+        manifest.validation = compare(Artifact(tmp, manifest), validator, batch, ref_tokens, ref_logits,
+                                      atol if atol is not None else arch.atol)
+        finalize(tmp, manifest)
+    return Artifact.load(out)
