@@ -45,6 +45,21 @@ def test_plan_file_with_method_options(tmp_path):
     assert plan.eval == {"accuracy": "dev.tsv"}
 
 
+def test_one_method_several_times_with_labels(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("methods:\n  - {name: outlier, label: outlier-5, options: {threshold: 5}}\n"
+                    "  - {name: outlier, label: outlier-8, options: {threshold: 8}}\n")
+    plan = plans.load(path)
+    assert [m.variant for m in plan.methods] == ["outlier-5", "outlier-8"]
+    assert plans.from_dict(plan.to_dict()) == plan  # labels survive the plan file round trip
+    path.write_text("methods: [outlier, {name: outlier, options: {threshold: 8}}]\n")
+    with pytest.raises(ConfigError, match="outlier more than once; give each a distinct label"):
+        plans.load(path)
+    path.write_text("methods: [{name: outlier, label: ../evil}]\n")
+    with pytest.raises(ConfigError, match="label '../evil' must be letters"):
+        plans.load(path)
+
+
 def test_every_run_flag_is_a_plan_key():
     from qdeploy.cli import build_parser
 

@@ -1,6 +1,5 @@
 """Bad input, faults and safety (issue: nothing lost, nothing let in), each with real files made in the test."""
 import json
-import os
 import resource
 import signal
 import shutil
@@ -9,7 +8,6 @@ import sys
 import time
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

@@ -1,7 +1,6 @@
 """Deployment packages: self-contained, verified on load, and usable with only qdeploy and one runtime."""
 import json
 import subprocess
-import sys
 import tarfile
 import venv
 

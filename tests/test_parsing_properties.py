@@ -1,5 +1,4 @@
 """Property-based: malformed plans and option strings always give a clean QdeployError, never a crash."""
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -1,5 +1,4 @@
 """Every method of the end-to-end slice on the real SST-2 classifier: accuracy stays within a point of fp32."""
-import numpy as np
 import pytest
 
 from qdeploy import evaluation, quantization, runtimes

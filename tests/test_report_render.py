@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import re
-from pathlib import Path
 
 import pytest
 
@@ -100,8 +99,16 @@ def test_markdown_results_tables(report):
     assert "| 8.00 | 9.50 |" in int8_row and "| 22.1 |" in int8_row
     # Every table row has as many cells as its header.
     for block in md.split("### ")[1:]:
-        table = [l for l in block.splitlines() if l.startswith("|")]
+        table = [l for l in block.split("\n## ")[0].splitlines() if l.startswith("|")]
         assert len({l.replace("\\|", "").count("|") for l in table}) == 1
+
+
+def test_markdown_quality_by_variant(report):
+    md = render_markdown(report)
+    section = md[md.index("## Quality by variant"):].split("\n## ")[0]
+    header = next(l for l in section.splitlines() if l.startswith("| metric |"))
+    assert "pytorch-fp32 (torch)" in header and "onnx-int8-dynamic" in header
+    assert "0.9877 (Δ -0.0123)" in section and "81.90 (Δ -0.13)" in section
 
 
 def test_markdown_skipped_and_escaping(report):

@@ -19,8 +19,7 @@ import numpy as np
 
 from . import __version__, evaluation, exporters, models, quantization, runtimes
 from .artifact import Artifact, Manifest
-from .benchmarking.generation import GenerationScenario, measure_generation
-from .runtimes.decoding import Decoder
+from .benchmarking.generation import GenerationScenario, generates, measure_generation
 from .benchmarking import (TIMINGS, LatencyScenario, RssSampler, ThroughputScenario, benchmark_case,
                            measure_concurrent, measure_timings, throughput_runner)
 from .calibration import CalibrationSource
@@ -44,7 +43,7 @@ class Checked:
     """A plan whose names, options and files have all been checked."""
     plan: Plan
     source: models.ModelSource
-    method_configs: list[tuple[str, Any]]
+    method_configs: list[tuple[str, str, Any]]  # (variant, method, config)
     metrics: list[str]
     runtimes: list[str]
     unavailable: dict[str, str]
@@ -53,7 +52,8 @@ class Checked:
 
 def check(plan: Plan) -> Checked:
     the_task = get_task(plan.task)
-    method_configs = [(spec.name, quantization.make_config(spec.name, spec.options)) for spec in plan.methods]
+    method_configs = [(spec.variant, spec.name, quantization.make_config(spec.name, spec.options))
+                      for spec in plan.methods]
     auto = tuple(plan.runtimes) == (AUTO,)
     wanted_runtimes = runtimes.names() if auto else list(plan.runtimes)
     for runtime in wanted_runtimes:
@@ -66,7 +66,8 @@ def check(plan: Plan) -> Checked:
         if plan.task not in metric.tasks:
             supported = [n for n in evaluation.names() if plan.task in evaluation.metric(n).tasks]
             raise ConfigError(f"metric {name} does not apply to task {plan.task}; use one of: {', '.join(supported)}")
-        path = evaluation.check_path(path, name)
+        if not metric.parses_path:
+            path = evaluation.check_path(path, name)
         if metric.read:
             metric.read(path)  # a file the metric cannot parse fails now, not after the exports
         if name not in metrics:
@@ -87,7 +88,7 @@ def check(plan: Plan) -> Checked:
     check_task(architecture(source.model_type), plan.task)
     cal = plan.calibration
     calibration = CalibrationSource(cal.source, cal.samples, cal.seed, cal.max_length, cal.batch_size)
-    if any(quantization.method(name).needs_calibration for name, _ in method_configs):
+    if any(quantization.method(name).needs_calibration for _, name, _ in method_configs):
         calibration.texts()  # fail now, not after the exports, on a missing or empty calibration file
     return Checked(plan, source, method_configs, metrics, wanted_runtimes, unavailable, calibration)
 
@@ -105,6 +106,8 @@ def baseline_artifact(source: models.ModelSource, task_name: str, input_names: l
         config = json.loads((source.path / "config.json").read_text())
         eos = config.get("eos_token_id")
         runtime_config["decoder"] = {"pad_token_id": pad_token_id, "eos_token_id": eos if isinstance(eos, int) else None}
+    if get_task(task_name).exporter == "seq2seq":
+        runtime_config["seq2seq"] = {}  # PyTorch reads the start, pad and eos ids from the model's config
     manifest = Manifest(format="pytorch", model_file="config.json", precision="fp32", task=task_name,
                         source=source.describe(), inputs=input_names, outputs=list(get_task(task_name).outputs),
                         runtime_config=runtime_config)
@@ -169,7 +172,7 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
     usable = [r for r in checked.runtimes if r not in checked.unavailable]
 
     # Export: every format some usable runtime or some method needs.
-    wanted = {quantization.method(name).input_format for name, _ in checked.method_configs}
+    wanted = {quantization.method(name).input_format for _, name, _ in checked.method_configs}
     wanted |= {fmt for r in usable for fmt in runtimes.get(r).formats if fmt in FP32_VARIANTS}
     variants: list[Artifact] = []
     progress.stage("export", len(wanted))
@@ -185,8 +188,8 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
     parents = {a.format: a for a in variants}
 
     progress.stage("quantize", len(checked.method_configs))
-    for name, config in checked.method_configs:
-        target = out / "artifacts" / name
+    for variant, name, config in checked.method_configs:
+        target = out / "artifacts" / variant
         artifact = _existing(target)
         try:
             if artifact is None:
@@ -194,9 +197,9 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
                                                   checked.calibration, progress=progress.log)
             variants.append(artifact)
         except UnsupportedError as exc:
-            skipped.append({"variant": name, "runtime": "(all)", "reason": str(exc)})
-            progress.log(f"skipped {name}: {exc}")
-        progress.advance(name)
+            skipped.append({"variant": variant, "runtime": "(all)", "reason": str(exc)})
+            progress.log(f"skipped {variant}: {exc}")
+        progress.advance(variant)
 
     from transformers import AutoTokenizer
 
@@ -323,7 +326,7 @@ def _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, c
                 store.put_array("reference", metric_name, np.asarray(raw))
             qualities.append({"metric": metric_name, "value": round(value, 6)})
         generated = {}
-        if isinstance(session, Decoder):
+        if generates(session):
             prompts = {b: inputs[b].inputs for b in plan.batch_sizes}
             generated = {r["batch"]: r for r in measure_generation(session, prompts, generation)}
         timed = {b: measure_timings(session, inputs[b], scenario, plan.timing) for b in plan.batch_sizes}

@@ -4,6 +4,7 @@ Parsed into typed, frozen dataclasses; unknown keys and wrong types are errors; 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -13,12 +14,20 @@ from .config import build, to_dict
 from .errors import ConfigError, InputError
 
 PLAN_SCHEMA = "qdeploy.plan/1"
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    # The variant's name in the run (its artifact directory); lets one method appear with several options,
+    # e.g. outlier at thresholds 5, 6 and 8. Defaults to the method's name.
+    label: str | None = None
+
+    @property
+    def variant(self) -> str:
+        return self.label or self.name
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,8 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         data = to_dict(self)
-        data["methods"] = [{"name": m.name, "options": dict(m.options)} for m in self.methods]
+        data["methods"] = [{"name": m.name, "options": dict(m.options), **({"label": m.label} if m.label else {})}
+                           for m in self.methods]
         data["calibration"] = to_dict(self.calibration)
         data["eval"] = dict(self.eval)
         return {"schema": PLAN_SCHEMA, **data}
@@ -70,16 +80,25 @@ def _method_specs(raw: Any) -> tuple[MethodSpec, ...]:
         if isinstance(item, str):
             specs.append(MethodSpec(item.strip()))
         elif isinstance(item, dict):
-            unknown = set(item) - {"name", "options"}
+            unknown = set(item) - {"name", "options", "label"}
             if unknown or "name" not in item or not isinstance(item["name"], str):
-                raise ConfigError("plan.methods entries are a name or {name, options}; "
+                raise ConfigError("plan.methods entries are a name or {name, options, label}; "
                                   f"got keys {sorted(map(str, item))}")
+            label = item.get("label")
+            if label is not None and not (isinstance(label, str) and _LABEL.fullmatch(label)):
+                raise ConfigError(f"plan.methods[{item['name']}].label {label!r} must be letters, digits, '.', '_' "
+                                  "or '-' (it names a directory)")
             options = item.get("options") or {}
             if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
                 raise ConfigError(f"plan.methods[{item['name']}].options must be a mapping")
-            specs.append(MethodSpec(str(item["name"]), dict(options)))
+            specs.append(MethodSpec(str(item["name"]), dict(options), label))
         else:
             raise ConfigError(f"plan.methods entry {item!r} must be a name or a mapping")
+    variants = [spec.variant for spec in specs]
+    repeated = sorted({v for v in variants if variants.count(v) > 1})
+    if repeated:
+        raise ConfigError(f"plan.methods names variant(s) {', '.join(repeated)} more than once; give each a "
+                          "distinct label")
     return tuple(specs)
 
 

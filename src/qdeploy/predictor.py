@@ -36,8 +36,9 @@ class Predictor:
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.tokenizer.enable_truncation(min(int(config.get("max_position_embeddings", 512)), 512))
         decoder = artifact.manifest.runtime_config.get("decoder")
-        self.generative = decoder is not None
-        if self.generative:
+        # Causal LMs and encoder-decoders both generate; only a causal LM needs its prompts padded on the left.
+        self.generative = decoder is not None or "seq2seq" in artifact.manifest.runtime_config
+        if decoder is not None:
             # Left padding: each row's next token is then in the last column (see runtimes/decoding.py).
             pad_id = int(decoder.get("pad_token_id") or 0)
             self.tokenizer.enable_padding(direction="left", pad_id=pad_id,
@@ -68,7 +69,7 @@ class Predictor:
         """Continuations of the prompts (greedy unless do_sample=True; seed, temperature, top_k)."""
         if not self.generative:
             raise UnsupportedError(f"{self.artifact.directory} is a {self.artifact.manifest.task} artifact; "
-                                   "only text-generation artifacts generate")
+                                   "only text-generation and text2text-generation artifacts generate")
         single = isinstance(texts, str)
         inputs = self.encode([texts] if single else list(texts))
         tokens = self.session.generate(inputs["input_ids"], inputs["attention_mask"], max_new_tokens, **sampling)

@@ -14,6 +14,7 @@ class Task:
     outputs: tuple[str, ...]
     default_metric: str  # the fidelity metric used when no evaluation file is given
     generative: bool = False  # exported with a KV cache and run token by token (see exporters/causal_lm.py)
+    exporter: str = ""  # module under qdeploy.exporters that exports this task, when the generic path cannot
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,10 @@ ARCHITECTURES: Registry[Architecture] = Registry("architecture")
 for _task in (
     Task("feature-extraction", "AutoModel", ("last_hidden_state",), "cosine"),
     Task("text-classification", "AutoModelForSequenceClassification", ("logits",), "agreement"),
-    Task("text-generation", "AutoModelForCausalLM", ("logits",), "token-agreement", generative=True),
+    Task("text-generation", "AutoModelForCausalLM", ("logits",), "token-agreement", generative=True,
+         exporter="causal_lm"),
+    # Not `generative`: that flag means a causal decoder (left padding, positions); seq2seq has its own exporter.
+    Task("text2text-generation", "AutoModelForSeq2SeqLM", ("logits",), "seq2seq-agreement", exporter="seq2seq"),
 ):
     TASKS.register(_task.name)(_task)
 
@@ -62,6 +66,17 @@ for _arch in (
     Architecture("opt", _DECODER_INPUTS, tasks=("text-generation",)),
     Architecture("gpt_neox", _DECODER_INPUTS, tasks=("text-generation",)),
     Architecture("bloom", ("input_ids", "attention_mask"), tasks=("text-generation",), max_positions_key=""),
+):
+    ARCHITECTURES.register(_arch.model_type)(_arch)
+
+# Encoder-decoders: the exporter writes an encoder and a decoder graph with the self-attention cache
+# (exporters/seq2seq.py); the inputs are the encoder's.
+for _arch in (
+    Architecture("bart", _NO_TYPE_INPUTS, tasks=("text2text-generation",)),
+    Architecture("mbart", _NO_TYPE_INPUTS, tasks=("text2text-generation",)),
+    Architecture("marian", _NO_TYPE_INPUTS, tasks=("text2text-generation",)),
+    Architecture("m2m_100", _NO_TYPE_INPUTS, tasks=("text2text-generation",)),
+    Architecture("t5", _NO_TYPE_INPUTS, tasks=("text2text-generation",), max_positions_key=""),
 ):
     ARCHITECTURES.register(_arch.model_type)(_arch)
 

@@ -27,17 +27,34 @@ class GenerationScenario:
             raise ConfigError("generation benchmark needs prompt_len >= 1, new_tokens >= 2 and min_reps >= 1")
 
 
-def _once(decoder, batch: dict[str, np.ndarray], new_tokens: int) -> tuple[float, float]:
+def _once(session, batch: dict[str, np.ndarray], new_tokens: int) -> tuple[float, float]:
+    """(time to the first token, time for the rest). An encoder-decoder encodes the prompt and starts from its start
+    token; a decoder-only model takes the prompt as its first step."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     rows = ids.shape[0]
-    decoder.reset(rows)
     t0 = time.perf_counter()
-    token = decoder.step(ids, mask)[:, -1].argmax(-1)
+    if hasattr(session, "encode"):
+        hidden = session.encode(ids, mask)
+        session.reset(rows)
+        step = lambda tokens: session.step(tokens[:, None], mask, hidden)[:, -1].argmax(-1)
+        token = step(np.full(rows, session.decoder_start_token_id, dtype=np.int64))
+    else:
+        session.reset(rows)
+        token = session.step(ids, mask)[:, -1].argmax(-1)
+
+        def step(tokens):
+            nonlocal mask
+            mask = np.concatenate([mask, np.ones((rows, 1), dtype=np.int64)], axis=1)
+            return session.step(tokens[:, None], mask)[:, -1].argmax(-1)
     t1 = time.perf_counter()
     for _ in range(new_tokens - 1):
-        mask = np.concatenate([mask, np.ones((rows, 1), dtype=np.int64)], axis=1)
-        token = decoder.step(token[:, None].astype(np.int64), mask)[:, -1].argmax(-1)
+        token = step(token.astype(np.int64))
     return t1 - t0, time.perf_counter() - t1
+
+
+def generates(session) -> bool:
+    """Whether the session decodes token by token (causal LM or encoder-decoder)."""
+    return hasattr(session, "step") and hasattr(session, "reset")
 
 
 def measure_generation(decoder, inputs: dict[int, list[dict[str, np.ndarray]]], scenario: GenerationScenario) -> list[dict]:

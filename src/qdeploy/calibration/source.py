@@ -62,7 +62,9 @@ class CalibrationSource:
             chunk = texts[index * self.batch_size:(index + 1) * self.batch_size]
             encoded = tokenizer(chunk, padding=padding, truncation=True, max_length=self.max_length,
                                 return_tensors="np")
-            yield {name: encoded[name].astype(np.int64) for name in input_names}
+            # Token ids as int64; float inputs (a decoder's empty KV cache, see runtimes/decoding.py) as they are.
+            yield {name: encoded[name] if encoded[name].dtype.kind == "f" else encoded[name].astype(np.int64)
+                   for name in input_names}
             if rate is not None:
                 rate.advance(len(chunk))
 

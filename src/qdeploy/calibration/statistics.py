@@ -45,6 +45,7 @@ def openvino_activations(model, outputs: dict, batches: Batches) -> Iterator[dic
     request = compiled.create_infer_request()
     feeds = [port.get_any_name() for port in model.inputs]
     for batch in batches:
+        request.reset_state()  # a stateful decoder would otherwise carry one batch's KV cache into the next
         result = request.infer({name: batch[name] for name in feeds})
         yield {name: result[compiled.outputs[first + i]] for i, name in enumerate(names)}
 

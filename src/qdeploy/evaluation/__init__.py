@@ -36,16 +36,19 @@ class Metric:
     scale: str = "unit"  # "unit" for 0..1 values, "points" for x100 scores
     read: Callable[[Path], Any] | None = None  # parses the data file; run before any long work to fail early
     higher_is_better: bool = True
+    parses_path: bool = False  # the path is a spec (`SRC,REF:N`) that `read` checks itself, not one file
 
 
 METRICS: Registry[Metric] = Registry("metric", ("qdeploy.evaluation.classification", "qdeploy.evaluation.embeddings",
-                                                   "qdeploy.evaluation.language"))
+                                                   "qdeploy.evaluation.language",
+                                                   "qdeploy.evaluation.seq2seq_metrics"))
 
 
 def register(name: str, tasks: tuple[str, ...], needs_path: bool, description: str, scale: str = "unit",
-             read: Callable[[Path], Any] | None = None, higher_is_better: bool = True):
+             read: Callable[[Path], Any] | None = None, higher_is_better: bool = True, parses_path: bool = False):
     def add(fn):
-        METRICS.register(name)(Metric(name, tasks, fn, needs_path, description, scale, read, higher_is_better))
+        METRICS.register(name)(Metric(name, tasks, fn, needs_path, description, scale, read, higher_is_better,
+                                      parses_path))
         return fn
 
     return add

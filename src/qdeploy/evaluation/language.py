@@ -26,6 +26,17 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def left_pad(sequences: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask of sequences padded on the left to the longest (decoders read the last column)."""
+    width = max(map(len, sequences))
+    ids = np.full((len(sequences), width), pad, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = seq
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
 def token_logprobs(session, sequences: list[list[int]], ctx: EvalContext) -> list[np.ndarray]:
     """For each token sequence, log p(token_i | tokens_<i) for i >= 1 (length len - 1), in the input order."""
     pad = int(ctx.tokenizer.pad_token_id or 0)
@@ -36,13 +47,8 @@ def token_logprobs(session, sequences: list[list[int]], ctx: EvalContext) -> lis
         longest = len(sequences[order[min(len(order) - 1, start + ctx.batch_size - 1)]])
         size = max(1, min(ctx.batch_size, TOKENS_PER_BATCH // max(longest, 1)))
         chunk = order[start:start + size]
-        width = max(len(sequences[i]) for i in chunk)
-        ids = np.full((len(chunk), width), pad, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, i in enumerate(chunk):
-            seq = sequences[i]
-            ids[row, width - len(seq):] = seq
-            mask[row, width - len(seq):] = 1
+        ids, mask = left_pad([sequences[i] for i in chunk], pad)
+        width = ids.shape[1]
         logprobs = _log_softmax(session.run({"input_ids": ids, "attention_mask": mask})["logits"])
         for row, i in enumerate(chunk):
             n = len(sequences[i])
@@ -156,12 +162,8 @@ def _greedy(session, sequences: list[list[int]], ctx: EvalContext, pad: int) -> 
     out = []
     for start in range(0, len(sequences), ctx.batch_size):
         chunk = sequences[start:start + ctx.batch_size]
-        width = max(map(len, chunk))
-        ids = np.full((len(chunk), width), pad, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, seq in enumerate(chunk):
-            ids[row, width - len(seq):] = seq
-            mask[row, width - len(seq):] = 1
+        ids, mask = left_pad(chunk, pad)
+        width = ids.shape[1]
         logits = session.run({"input_ids": ids, "attention_mask": mask})["logits"]
         out += [logits[row, width - len(seq):-1].argmax(axis=-1) for row, seq in enumerate(chunk)]
     return out
@@ -219,13 +221,8 @@ def choice_norm(session, ctx: EvalContext, path=None):
 def _next_token_logprobs(session, ctx: EvalContext) -> np.ndarray:
     """Log-probabilities at every position of the first held-out sentences, as float16 (what the baseline keeps)."""
     sequences = [encode(ctx, text)[:64] for text in heldout_texts()[:16]]
-    pad = int(ctx.tokenizer.pad_token_id or 0)
-    width = max(map(len, sequences))
-    ids = np.full((len(sequences), width), pad, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq):] = seq
-        mask[row, width - len(seq):] = 1
+    ids, mask = left_pad(sequences, int(ctx.tokenizer.pad_token_id or 0))
+    width = ids.shape[1]
     logprobs = _log_softmax(session.run({"input_ids": ids, "attention_mask": mask})["logits"])
     return np.concatenate([logprobs[row, width - len(seq):] for row, seq in enumerate(sequences)]).astype(np.float16)
 

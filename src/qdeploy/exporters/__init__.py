@@ -106,7 +106,7 @@ def compare(artifact: Artifact, runtime: str, batches, references, atol: float, 
 def validate(artifact: Artifact, model_dir: Path | None = None, atol: float | None = None) -> dict[str, Any]:
     """Re-check an existing artifact against its PyTorch source (raises ExportValidationError)."""
     source_dir = Path(model_dir or artifact.manifest.source["path"])
-    if task(artifact.manifest.task).generative:
+    if task(artifact.manifest.task).exporter:
         raise UnsupportedError("re-validating a generative artifact is not supported yet; export it again instead")
     model = load_model(source_dir, artifact.manifest.task, pickle=bool(artifact.manifest.source.get("pickle")))
     arch = architecture(model.config.model_type)
@@ -125,12 +125,14 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
     the_task = task(task_name)
     arch: Architecture = architecture(source.model_type)
     check_task(arch, task_name)
-    if the_task.generative:
-        from .causal_lm import export as export_decoder
+    if the_task.exporter:
+        # Tasks with a cache (causal LMs, seq2seq) have an exporter module of their own, named by the task.
+        from importlib import import_module
 
-        return export_decoder(source, task_name, fmt_name, out, atol=atol, opset=opset,
-                              trust_remote_code=trust_remote_code, overwrite=overwrite, progress=progress,
-                              stateful=stateful)
+        own = import_module(f"{__name__}.{the_task.exporter}")
+        return own.export(source, task_name, fmt_name, out, atol=atol, opset=opset,
+                          trust_remote_code=trust_remote_code, overwrite=overwrite, progress=progress,
+                          stateful=stateful)
     say(f"loading {source.spec}")
     model = load_model(source.path, task_name, trust_remote_code, pickle=source.pickle)
     tokenizer = tokenizer_for(source.path)

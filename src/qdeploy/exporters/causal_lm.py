@@ -83,14 +83,17 @@ def step_logits(decoder: decoding.Decoder, batch: dict[str, np.ndarray], tokens:
     return np.stack(logits, axis=1)
 
 
-def compare(artifact: Artifact, runtime: str, batch, ref_tokens, ref_logits, atol: float, rtol: float = 1e-3):
+def compare(artifact: Artifact, runtime: str, batch, ref_tokens, ref_logits, atol: float, rtol: float = 1e-3,
+            trace=None):
     """Greedy tokens must be identical; step logits within atol + rtol * max|logit| (logits are compared on the scale
-    of the distribution they parameterize, so small logits do not get a tolerance of almost nothing)."""
+    of the distribution they parameterize, so small logits do not get a tolerance of almost nothing).
+
+    `trace(session, batch, tokens)` gives the step logits (default: a decoder-only model's `step_logits`)."""
     from .. import runtimes
 
     decoder = runtimes.load(artifact, runtime)
     tokens = decoder.generate(batch["input_ids"], batch["attention_mask"], GREEDY_STEPS, eos_token_id=None)
-    logits = step_logits(decoder, batch, ref_tokens)
+    logits = (trace or step_logits)(decoder, batch, ref_tokens)
     diff = float(np.abs(logits - ref_logits).max()) if logits.shape == ref_logits.shape else float("inf")
     bound = atol + rtol * float(np.abs(ref_logits).max())
     if not np.array_equal(tokens, ref_tokens):
@@ -197,7 +200,9 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
         copy_tokenizer(source.path, tmp)
         manifest = Manifest(
             format=fmt_name, model_file=model_file, precision="fp32", task=task_name, source=source.describe(),
-            runtime_config=runtime_config, inputs=input_names, outputs=list(the_task.outputs),
+            # The graph's inputs: with an explicit cache, its empty past is part of every complete feed.
+            runtime_config=runtime_config, inputs=input_names + ([] if spec["stateful"] else past_in),
+            outputs=list(the_task.outputs),
             libraries=describe()["libraries"], built_on=build_record(),
         )
         finalize(tmp, manifest)

@@ -81,6 +81,14 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(parent.directory))
+    if "seq2seq" in parent.manifest.runtime_config and the_method.needs_calibration:
+        raise UnsupportedError(f"method {the_method.name} calibrates on tokenized text, which a seq2seq decoder "
+                               "(fed encoder states and a cache) does not take; use a dynamic or weight-only method")
+    if "decoder" in parent.manifest.runtime_config:
+        from ..runtimes.decoding import DecoderFeeds
+        from ..tasks import for_generation
+
+        tokenizer = DecoderFeeds(for_generation(tokenizer), parent)
     ctx = Context(tokenizer, progress or (lambda message: None))
     with staging(Path(out), overwrite=overwrite) as tmp:
         # Peak memory over what the process held before (calibration included): recorded, so a source or a method
@@ -90,6 +98,12 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
         if "decoder" in parent.manifest.runtime_config:
             # How the KV cache is carried does not change with the weights' precision.
             runtime_config = {**runtime_config, "decoder": parent.manifest.runtime_config["decoder"]}
+        if "seq2seq" in parent.manifest.runtime_config:
+            # The method quantized the decoder (the model file, run once per token); the encoder is kept as it was.
+            from ..runtimes.seq2seq_decoding import copy_encoder
+
+            runtime_config = {**runtime_config, "seq2seq": copy_encoder(parent, tmp)}
+            notes = [*notes, "decoder quantized; encoder kept fp32"]
         copy_tokenizer(parent.directory, tmp)
         method_record = {"name": the_method.name, "config": to_dict(config), "peak_rss_delta_mb": memory.delta_mb}
         if the_method.needs_calibration:

@@ -59,8 +59,14 @@ def nncf_weight_int4(parent: Artifact, config: NncfWeightInt4, calibration, targ
     ctx.progress(f"nncf-weight-int4: {config.mode}, group {config.group_size}, ratio {config.ratio}")
     mode = {"int4_sym": nncf.CompressWeightsMode.INT4_SYM, "int4_asym": nncf.CompressWeightsMode.INT4_ASYM}[config.mode]
     try:
+        from nncf.quantization.advanced_parameters import (AdvancedCompressionParameters,
+                                                           GroupSizeFallbackMode)
+
+        # Layers whose width the group size does not divide (stories260K's 172-wide MLP) get the largest group size
+        # that does, instead of failing the whole model.
+        advanced = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST)
         compressed = nncf.compress_weights(model, mode=mode, group_size=config.group_size, ratio=config.ratio,
-                                           dataset=dataset, all_layers=True)
+                                           dataset=dataset, all_layers=True, advanced_parameters=advanced)
     except (nncf.ValidationError, ValueError, RuntimeError) as exc:
         raise InputError(f"nncf-weight-int4: {str(exc).splitlines()[0]}") from None
     return _save(compressed, target), "int4-weights", dict(RUNTIME_CONFIG), [

@@ -152,3 +152,20 @@ def _generation_rows(results: list) -> list[list[str]]:
                      _fmt(gen.get("prefill_tokens_per_s"), 1), _fmt(gen.get("decode_tokens_per_s"), 1),
                      _fmt(gen.get("decode_speedup_vs_fp32"), 2, "×")])
     return rows
+
+
+def _quality_matrix(results: list) -> tuple[list[str], list[tuple[str, str]], dict]:
+    """Metrics x variants, as the papers print them: each variant's quality on the first runtime it ran on (quality
+    does not depend on the batch size). Returns (metrics, [(variant, runtime)], {(metric, variant): quality})."""
+    metrics: list[str] = []
+    columns: list[tuple[str, str]] = []
+    cells: dict = {}
+    for row in _list(results):
+        if not isinstance(row, dict) or any(v == row.get("variant") for v, _ in columns):
+            continue
+        columns.append((str(row.get("variant")), str(row.get("runtime"))))
+        for metric, quality in _qualities(row).items():
+            if metric not in metrics:
+                metrics.append(metric)
+            cells[(metric, str(row.get("variant")))] = quality
+    return metrics, columns, cells

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._format import (DASH, GENERATION_COLUMNS, _generation_rows, _concurrent, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities, _timing_cell,
+from ._format import (DASH, GENERATION_COLUMNS, _generation_rows, _quality_matrix, _concurrent, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities, _timing_cell,
                       _timings, _what_was_timed)
 
 _FIXED_COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
@@ -148,6 +148,13 @@ def render_markdown(report: dict) -> str:
                   "sequence length; quality cells show the value and its delta (Δ) to fp32.", ""]
     for (batch, seq_len), rows in groups:
         lines += [f"### batch {_md(batch)} · seq_len {_md(seq_len)}", ""] + _table(rows) + [""]
+    metrics, columns, cells = _quality_matrix(_list(report.get("results")))
+    if len(columns) > 1 and metrics:
+        lines += ["## Quality by variant", "", "Each variant on the first runtime it ran on; Δ is to PyTorch fp32.", "",
+                  "| metric | " + " | ".join(f"{_md(v)} ({_md(r)})" for v, r in columns) + " |",
+                  "|:---|" + "---:|" * len(columns)]
+        lines += ["| " + _md(metric) + " | " + " | ".join(_md(_fmt_quality(cells.get((metric, v))))
+                                                       for v, _ in columns) + " |" for metric in metrics] + [""]
     generation = _generation_rows(_list(report.get("results")))
     if generation:
         lines += ["## Generation", "", "Greedy decoding with the KV cache; TTFT is the prefill of the prompt. Decode "

@@ -56,4 +56,8 @@ def load(artifact: Artifact, runtime: str, threads: int | None = None) -> Sessio
         from . import decoding  # generative artifacts run token by token with a KV cache
 
         return decoding.load(artifact, rt, threads)
+    if "seq2seq" in artifact.manifest.runtime_config:
+        from . import seq2seq_decoding  # encoder + decoder graphs, the decoder run token by token
+
+        return seq2seq_decoding.load(artifact, rt, threads)
     return rt.load(artifact, threads)

@@ -193,6 +193,30 @@ class TorchDecoder(Decoder):
         return out.logits.float().numpy()
 
 
+class DecoderFeeds:
+    """A tokenizer whose batches are complete inputs of a decoder graph: the token ids and mask, the positions and,
+    where the graph carries the cache explicitly, an empty cache. What calibration needs to run a decoder whole."""
+
+    def __init__(self, tokenizer, artifact: Artifact):
+        self._tokenizer = tokenizer
+        self._spec = decoder_spec(artifact) or {}
+        explicit = not self._spec.get("stateful") and artifact.format != "pytorch"
+        self._past = self._spec.get("past_inputs", []) if explicit else []
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, texts, **kwargs) -> dict[str, np.ndarray]:
+        encoded = dict(self._tokenizer(texts, **{**kwargs, "return_tensors": "np"}))
+        mask = encoded["attention_mask"].astype(np.int64)
+        encoded["position_ids"] = positions(mask, mask.shape[1])
+        if self._past:
+            shape = [mask.shape[0] if d == -1 else d for d in self._spec["past_shape"]]
+            empty = np.zeros(shape, dtype=np.float32)
+            encoded.update({name: empty for name in self._past})
+        return encoded
+
+
 def _torch_decoder(artifact: Artifact, runtime, threads, spec, common) -> Decoder:
     import torch
 
@@ -227,6 +251,7 @@ def load(artifact: Artifact, runtime, threads: int | None = None) -> Decoder:
         raise UnsupportedError(f"{artifact.directory} is not a generative artifact (its manifest has no decoder spec)")
     if artifact.format not in _BUILDERS:
         raise UnsupportedError(f"no decoder for {artifact.format} artifacts; decoders exist for {', '.join(_BUILDERS)}")
-    common = {"input_names": list(artifact.manifest.inputs), "pad_token_id": int(spec.get("pad_token_id") or 0),
+    past = set(spec.get("past_inputs", []))
+    common = {"input_names": [n for n in artifact.manifest.inputs if n not in past], "pad_token_id": int(spec.get("pad_token_id") or 0),
               "eos_token_id": spec.get("eos_token_id")}
     return _BUILDERS[artifact.format](artifact, runtime, threads, spec, common)

@@ -1,0 +1,152 @@
+"""Seq2seq quality from greedy generations: corpus BLEU/chrF on parallel text (sacrebleu), ROUGE on article/summary
+pairs (rouge-score), and the agreement of greedy tokens with the fp32 model.
+
+Paths may end in `:N` to score only the first N examples (`bleu=SRC,REF:50`): generation is slow, and a fixed prefix
+keeps variants comparable. sacrebleu and rouge-score come with the `generation` extra and are imported only here.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, InputError, UnsupportedError
+from . import EvalContext, check_path, heldout_texts, register
+
+SEQ2SEQ = ("text2text-generation",)
+MAX_NEW_TOKENS = 64  # per translation or summary; a row stops earlier at its eos
+SOURCE_TOKENS = 512  # articles are long: the encoder reads this much of each (less if the model has fewer positions)
+AGREEMENT_TOKENS = 16
+
+
+def _library(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UnsupportedError(f"this metric needs {name.split('.')[0]}: pip install 'qdeploy[generation]'") from None
+
+
+def _limit(spec: str | Path | None, name: str) -> tuple[str, int | None]:
+    """`PATH[:N]` -> (PATH, N or None)."""
+    if not spec:
+        raise ConfigError(f"metric {name} needs a file: --eval {name}=PATH (optionally PATH:N for the first N)")
+    text = str(spec)
+    match = re.fullmatch(r"(.+):(\d+)", text)
+    if not match:
+        return text, None
+    if int(match.group(2)) < 1:
+        raise ConfigError(f"--eval {name}={text}: the count after ':' must be at least 1")
+    return match.group(1), int(match.group(2))
+
+
+def read_parallel(spec) -> list[tuple[str, str]]:
+    """`SRC,REF[:N]`: two files with one sentence per line, line i of REF translating line i of SRC."""
+    paths, limit = _limit(spec, "bleu")
+    parts = paths.split(",")
+    if len(parts) != 2:
+        raise ConfigError(f"--eval bleu={spec}: give the source and reference files as SRC,REF")
+    lines = []
+    for part in parts:
+        path = check_path(part, "bleu")
+        try:
+            lines.append(path.read_text(encoding="utf-8").rstrip("\n").split("\n"))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path} is not UTF-8 text ({exc.reason})") from None
+    if len(lines[0]) != len(lines[1]):
+        raise InputError(f"{parts[0]} has {len(lines[0])} lines but {parts[1]} has {len(lines[1])}; "
+                         "parallel files must have one line per sentence")
+    pairs = [(s, r) for s, r in zip(*lines) if s.strip()]
+    if not pairs:
+        raise InputError(f"{parts[0]} holds no sentences")
+    return pairs[:limit]
+
+
+def read_summaries(spec) -> list[tuple[str, str]]:
+    """`PATH[:N]`: JSON lines with `article` and `summary`."""
+    path_text, limit = _limit(spec, "rouge")
+    path = check_path(path_text, "rouge")
+    pairs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pairs.append((str(row["article"]), str(row["summary"])))
+        except (ValueError, KeyError, TypeError):
+            raise InputError(f"{path}:{number} must be a JSON object with 'article' and 'summary'") from None
+    if not pairs:
+        raise InputError(f"{path} holds no examples")
+    return pairs[:limit]
+
+
+def generate_texts(session, ctx: EvalContext, sources: list[str], max_length: int,
+                   max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
+    """Greedy outputs, decoded, in the input order; sources batched by length (a row's output does not depend on
+    its batch-mates: the encoder mask hides padding and every decoder row has the same length)."""
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    outputs: list[str] = [""] * len(sources)
+    for start in range(0, len(order), ctx.batch_size):
+        chunk = order[start:start + ctx.batch_size]
+        enc = ctx.tokenizer([sources[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="np")
+        tokens = session.generate(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64),
+                                  max_new_tokens)
+        for i, text in zip(chunk, ctx.tokenizer.batch_decode(tokens, skip_special_tokens=True)):
+            outputs[i] = text.strip()
+    return outputs
+
+
+def translation_scores(session, ctx: EvalContext, path) -> dict:
+    """Corpus BLEU and chrF (sacrebleu defaults) and the translations themselves."""
+    sacrebleu = _library("sacrebleu")
+    pairs = read_parallel(path)
+    hypotheses = generate_texts(session, ctx, [s for s, _ in pairs], ctx.max_length)
+    references = [[r for _, r in pairs]]
+    score = sacrebleu.corpus_bleu(hypotheses, references)
+    chrf = sacrebleu.corpus_chrf(hypotheses, references)
+    return {"bleu": float(score.score), "chrf": float(chrf.score), "hypotheses": hypotheses}
+
+
+@register("bleu", SEQ2SEQ, needs_path=True, scale="points", read=read_parallel, parses_path=True,
+          description="corpus BLEU (sacrebleu, 13a tokenization) of greedy translations")
+def bleu(session, ctx: EvalContext, path=None):
+    # No raw outputs: BLEU is measured against the references, not against the fp32 model.
+    return translation_scores(session, ctx, path)["bleu"], None
+
+
+def summary_scores(session, ctx: EvalContext, path) -> dict:
+    """Mean ROUGE-1/2/L/Lsum F1 x100 (rouge-score, stemmed) and the summaries themselves."""
+    rouge_scorer = _library("rouge_score.rouge_scorer")
+    pairs = read_summaries(path)
+    length = min(SOURCE_TOKENS, ctx.max_positions or SOURCE_TOKENS)
+    summaries = generate_texts(session, ctx, [a for a, _ in pairs], length)
+    kinds = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    # rougeLsum splits summaries at newlines: one sentence per line, as in the usual CNN/DM setup.
+    split = lambda text: "\n".join(s for s in re.split(r"(?<=[.!?])\s+", text) if s)  # noqa: E731
+    scores = [scorer.score(split(ref), split(hyp)) for hyp, (_, ref) in zip(summaries, pairs)]
+    means = {k: 100 * float(np.mean([s[k].fmeasure for s in scores])) for k in kinds}
+    return {**means, "summaries": summaries}
+
+
+@register("rouge", SEQ2SEQ, needs_path=True, scale="points", read=read_summaries, parses_path=True,
+          description="ROUGE-Lsum F1 x100 (rouge-score, stemmed, one sentence per line) of greedy summaries")
+def rouge(session, ctx: EvalContext, path=None):
+    return summary_scores(session, ctx, path)["rougeLsum"], None
+
+
+@register("seq2seq-agreement", SEQ2SEQ, needs_path=False,
+          description="share of greedy output tokens (held-out sentences, 16 steps) equal to the fp32 PyTorch model's")
+def seq2seq_agreement(session, ctx: EvalContext, path=None):
+    enc = ctx.tokenizer(heldout_texts()[:8], padding=True, truncation=True, max_length=ctx.max_length,
+                        return_tensors="np")
+    tokens = session.generate(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64),
+                              AGREEMENT_TOKENS, eos_token_id=None)
+    reference = ctx.reference.get("seq2seq-agreement")
+    if reference is None:
+        return 1.0, tokens
+    return float((tokens == reference).mean()), tokens
