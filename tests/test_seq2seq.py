@@ -224,3 +224,20 @@ def test_pipeline_runs_bleu_and_rouge_on_every_runtime(tmp_path):
     assert ("ort-dynamic", "ort-cpu") in rows, report["skipped"]
     for row in rows.values():  # encoder + first step, then the decode loop, against PyTorch fp32 in the same run
         assert row["generation"]["ttft_ms"] > 0 and row["generation"]["decode_speedup_vs_fp32"] is not None
+
+
+def test_chrf_and_rouge_variants_share_one_generation(bart, tokenizer):
+    from qdeploy import evaluation
+    from qdeploy.evaluation import seq2seq_metrics
+
+    ctx = evaluation.EvalContext(tokenizer, ["input_ids", "attention_mask"], max_positions=128)
+    spec = f"{WMT_EN},{WMT_RO}:3"
+    bleu = evaluation.metric("bleu").evaluate(bart["ort-cpu"], ctx, spec)[0]
+    first = seq2seq_metrics._LAST["value"]
+    chrf = evaluation.metric("chrf").evaluate(bart["ort-cpu"], ctx, spec)[0]
+    assert seq2seq_metrics._LAST["value"] is first  # the translations were not generated again
+    assert (bleu, chrf) == (first["bleu"], first["chrf"]) and 0 <= chrf <= 100
+    evaluation.metric("chrf").evaluate(bart["torch"], ctx, spec)
+    assert seq2seq_metrics._LAST["value"] is not first  # another session generates its own
+    for name in ("rouge-1", "rouge-2", "rouge-l"):
+        assert 0 <= evaluation.metric(name).evaluate(bart["torch"], ctx, f"{CNNDM}:2")[0] <= 100

@@ -115,7 +115,7 @@ def translation_scores(session, ctx: EvalContext, path) -> dict:
           description="corpus BLEU (sacrebleu, 13a tokenization) of greedy translations")
 def bleu(session, ctx: EvalContext, path=None):
     # No raw outputs: BLEU is measured against the references, not against the fp32 model.
-    return translation_scores(session, ctx, path)["bleu"], None
+    return _remembered(translation_scores, session, ctx, path)["bleu"], None
 
 
 def summary_scores(session, ctx: EvalContext, path) -> dict:
@@ -136,7 +136,42 @@ def summary_scores(session, ctx: EvalContext, path) -> dict:
 @register("rouge", SEQ2SEQ, needs_path=True, scale="points", read=read_summaries, parses_path=True,
           description="ROUGE-Lsum F1 x100 (rouge-score, stemmed, one sentence per line) of greedy summaries")
 def rouge(session, ctx: EvalContext, path=None):
-    return summary_scores(session, ctx, path)["rougeLsum"], None
+    return _remembered(summary_scores, session, ctx, path)["rougeLsum"], None
+
+
+def _remembered(scores, session, ctx: EvalContext, path) -> dict:
+    """One generation pass per session and file, whichever of its scores are asked for (bleu and chrf, or the four
+    ROUGE variants, share the outputs)."""
+    import weakref
+
+    # A weak reference, not id(): a later session may be allocated where a freed one was.
+    key = (scores.__name__, str(path))
+    held = _LAST.get("session")
+    if _LAST.get("key") != key or held is None or held() is not session:
+        _LAST.update(key=key, session=weakref.ref(session), value=scores(session, ctx, path))
+    return _LAST["value"]
+
+
+_LAST: dict = {}
+
+
+@register("chrf", SEQ2SEQ, needs_path=True, scale="points", read=read_parallel, parses_path=True,
+          description="corpus chrF (sacrebleu) of greedy translations")
+def chrf(session, ctx: EvalContext, path=None):
+    return _remembered(translation_scores, session, ctx, path)["chrf"], None
+
+
+def _rouge_variant(kind: str):
+    def score(session, ctx: EvalContext, path=None):
+        return _remembered(summary_scores, session, ctx, path)[kind], None
+
+    register(kind.replace("rouge", "rouge-").replace("-L", "-l"), SEQ2SEQ, needs_path=True, scale="points",
+             read=read_summaries, parses_path=True,
+             description=f"{kind} F1 x100 (rouge-score, stemmed) of greedy summaries")(score)
+
+
+for _kind in ("rouge1", "rouge2", "rougeL"):
+    _rouge_variant(_kind)
 
 
 @register("seq2seq-agreement", SEQ2SEQ, needs_path=False,
