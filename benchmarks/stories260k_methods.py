@@ -9,7 +9,7 @@ METHODS = [
     {"name": "nncf-weight-int8", "label": "weight-int8"},
     {"name": "nncf-weight-int4", "label": "weight-int4"},
     {"name": "ort-static", "label": "w8a8-static", "options": {"ffn_int8": True}},
-    {"name": "smoothquant", "label": "w8a8-smoothquant"},
+    {"name": "smoothquant", "label": "w8a8-smoothquant", "options": {"ffn_down_int8": True}},
     {"name": "outlier", "label": "outlier-5", "options": {"threshold": 5.0}},
     {"name": "outlier", "label": "outlier-6", "options": {"threshold": 6.0}},
     {"name": "outlier", "label": "outlier-8", "options": {"threshold": 8.0}},

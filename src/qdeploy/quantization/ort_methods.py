@@ -65,6 +65,26 @@ def ffn_matmuls(model_path: Path) -> set[str]:
     return found
 
 
+def ffn_down_matmuls(model_path: Path) -> set[str]:
+    """Of the feed-forward MatMuls, those reading the activation function's output (the down-projection): an input
+    with no LayerNorm before it, whose skewed range neither per-tensor int8 nor SmoothQuant's scaling serves well."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    ffn = ffn_matmuls(model_path)
+
+    def after_activation(node, hops=4) -> bool:
+        frontier = [producer[i] for i in node.input if i in producer]
+        for _ in range(hops):
+            if any(n.op_type in ACTIVATIONS for n in frontier):
+                return True
+            frontier = [producer[i] for n in frontier for i in n.input if i in producer]
+        return False
+
+    return {n.name for n in graph.node if n.name in ffn and after_activation(n)}
+
+
 def embedding_gathers(model_path: Path) -> list[str]:
     """Gather nodes reading a 2-D constant table: the token, position and type embeddings (over half of MiniLM's
     bytes). Int8 tables shrink the file ~4x there and cost no speed: a lookup is a lookup."""
