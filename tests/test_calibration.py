@@ -107,7 +107,8 @@ def test_progress_reports_samples_per_second():
 
 def _methods():
     """Every registered method; those over ~15 s here run in the slow suite."""
-    slow = {"smoothquant", "nncf-smoothquant", "nncf-outlier", "nncf-fp8", "nncf-weight-int4", "auto", "fp16"}
+    slow = {"smoothquant", "nncf-smoothquant", "nncf-outlier", "nncf-fp8", "nncf-weight-int4", "auto", "nncf-auto",
+            "fp16"}
     return [pytest.param(m, marks=pytest.mark.slow) if m in slow else m for m in quantization.names()]
 
 
@@ -118,7 +119,7 @@ def test_no_method_writes_to_the_working_directory(method, sst2_onnx, sst2_openv
     monkeypatch.chdir(work)
     the_method = quantization.method(method)
     parent = sst2_onnx if the_method.input_format == "onnx" else sst2_openvino
-    options = {"eval": str(SST2_DEV), "tolerance": 1.0} if method == "auto" else {}
+    options = {"eval": str(SST2_DEV), "tolerance": 1.0} if method in ("auto", "nncf-auto") else {}
     try:
         artifact = quantization.quantize(parent, quantization.make_config(method, options), tmp_path / "out",
                                          CalibrationSource(str(TRAIN), samples=8))

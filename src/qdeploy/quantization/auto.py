@@ -37,6 +37,22 @@ class Auto:
 DEFAULT_METRIC = {"text-classification": "accuracy", "feature-extraction": "stsb"}
 
 
+def evaluation_target(parent: Artifact, metric_name: str, eval_path: str, method: str):
+    """The metric and its data file for an accuracy-aware method, checked before any quantization starts."""
+    from .. import evaluation
+
+    metric_name = metric_name or DEFAULT_METRIC.get(parent.manifest.task, "")
+    metric = evaluation.metric(metric_name)
+    if parent.manifest.task not in metric.tasks:
+        raise ConfigError(f"{method}: metric {metric_name} does not apply to task {parent.manifest.task}")
+    if not eval_path:
+        raise ConfigError(f"{method} needs evaluation data: --option eval=PATH (the metric's file)")
+    data = evaluation.check_path(eval_path, metric_name)
+    if metric.read:
+        metric.read(data)
+    return metric_name, metric, data
+
+
 def _candidates(count: int) -> list[int]:
     """How many layers to keep float at each step: 0, 1, 2, 4, 8, ... then all but none."""
     steps, k = [0], 1
@@ -52,15 +68,7 @@ def _candidates(count: int) -> list[int]:
 def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx):
     from .. import evaluation, runtimes
 
-    metric_name = config.metric or DEFAULT_METRIC.get(parent.manifest.task, "")
-    metric = evaluation.metric(metric_name)
-    if parent.manifest.task not in metric.tasks:
-        raise ConfigError(f"auto: metric {metric_name} does not apply to task {parent.manifest.task}")
-    if not config.eval:
-        raise ConfigError("auto needs evaluation data: --option eval=PATH (the metric's file)")
-    data = evaluation.check_path(config.eval, metric_name)
-    if metric.read:
-        metric.read(data)
+    metric_name, metric, data = evaluation_target(parent, config.metric, config.eval, "auto")
     eval_ctx = evaluation.EvalContext(ctx.tokenizer, list(parent.manifest.inputs))
 
     def score(model_path: Path) -> float:
