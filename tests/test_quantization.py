@@ -1,4 +1,5 @@
 """Every method of the end-to-end slice on the real SST-2 classifier: accuracy stays within a point of fp32."""
+import onnx
 import pytest
 
 from qdeploy import evaluation, quantization, runtimes
@@ -191,3 +192,14 @@ def test_nncf_auto_meets_a_tight_tolerance_and_lists_float_layers(sst2_openvino,
     assert artifact.manifest.notes[0].startswith("tolerance 0.003 met")
     floats = [n for n in artifact.manifest.notes if n.startswith("float: ")]
     assert 0 < len(floats) < 36  # some layers reverted to float, most stay int8
+
+
+def test_auto_dynamic_mode_with_a_relative_tolerance(sst2_onnx, sst2_dev_200, tmp_path):
+    config = quantization.make_config("auto", {"eval": str(sst2_dev_200), "tolerance": 0.01, "relative": True,
+                                               "mode": "dynamic"})
+    artifact = quantization.quantize(sst2_onnx, config, tmp_path / "auto", CALIBRATION)
+    first = artifact.manifest.notes[0]
+    assert first.startswith("tolerance 0.01 met") and first.endswith("(dynamic int8 for the rest)"), first
+    graph = onnx.load(str(artifact.model_path), load_external_data=False).graph
+    assert any(n.op_type in ("DynamicQuantizeLinear", "MatMulInteger") for n in graph.node)
+    assert not any(n.op_type == "QuantizeLinear" for n in graph.node)  # no static QDQ pairs

@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..artifact import Artifact, Manifest
 from ..errors import ConfigError
@@ -28,6 +29,8 @@ class Auto:
     eval: str = ""  # evaluation data for the metric (required)
     metric: str = ""  # default: accuracy for text-classification, stsb for feature-extraction
     tolerance: float = 0.01  # the largest quality loss accepted, in the metric's units (0.01 = one accuracy point)
+    relative: bool = False  # tolerance as a fraction of the fp32 value instead
+    mode: Literal["static", "dynamic"] = "static"  # the int8 scheme of the layers that stay quantized
     time_budget_s: float = 900.0
     per_channel: bool = True
     reduce_range: bool | None = None
@@ -80,6 +83,8 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx):
 
     started = time.monotonic()
     reference = score(parent.model_path)
+    sign = 1.0 if metric.higher_is_better else -1.0  # a loss is positive whichever way the metric points
+    allowed = config.tolerance * (abs(reference) if config.relative else 1.0)
     nodes = _check(weight_matmuls(parent.model_path), parent)
     ctx.progress(f"auto: ranking {len(nodes)} layers by int8 sensitivity")
     sqnr = layer_sqnr(parent.model_path, nodes, list(calibration.batches(ctx.tokenizer, list(parent.manifest.inputs)))[:4])
@@ -96,25 +101,31 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx):
             floats, quantized = ranked[:k], ranked[k:]
             candidate = Path(tmp) / f"k{k}" / MODEL_FILE
             candidate.parent.mkdir()
-            if quantized:
+            if quantized and config.mode == "dynamic":
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                quantize_dynamic(str(parent.model_path), str(candidate), per_channel=config.per_channel,
+                                 reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=["MatMul", "Gather"], nodes_to_quantize=quantized + gathers)
+            elif quantized:
                 run_static(parent.model_path, candidate, quantized, gathers, floats, calibration, ctx,
                            parent.manifest.inputs, "minmax", config.per_channel, reduce_range, activation, "qint8")
             else:
                 shutil.copy2(parent.model_path, candidate)
             value = score(candidate)
-            loss = reference - value
+            loss = sign * (reference - value)
             tried.append((k, value))
             ctx.progress(f"auto: {k} layers float -> {metric_name} {value:.4f} (loss {loss:+.4f})")
             if best is None or loss < best[0]:
                 best = (loss, k, candidate)
-            if loss <= config.tolerance:
+            if loss <= allowed:
                 break
         loss, k, chosen = best
         shutil.copy2(chosen, target / MODEL_FILE)
-    met = loss <= config.tolerance
+    met = loss <= allowed
     notes = [(f"tolerance {config.tolerance} met" if met else f"tolerance {config.tolerance} NOT met; best found") +
-             f": {metric_name} {reference - loss:.4f} vs fp32 {reference:.4f} with {k} of {len(ranked)} Linear "
-             "layers in float",
+             f": {metric_name} {reference - sign * loss:.4f} vs fp32 {reference:.4f} with {k} of {len(ranked)} Linear "
+             f"layers in float ({config.mode} int8 for the rest)",
              "tried (layers float -> value): " + ", ".join(f"{n} -> {v:.4f}" for n, v in tried)]
     notes += [f"float: {n} (SQNR {sqnr[n]:.1f} dB)" for n in ranked[:k]]
     return MODEL_FILE, "int8-mixed", dict(RUNTIME_CONFIG), notes
