@@ -227,22 +227,23 @@ def _next_token_logprobs(session, ctx: EvalContext) -> np.ndarray:
     return np.concatenate([logprobs[row, width - len(seq):] for row, seq in enumerate(sequences)]).astype(np.float16)
 
 
+def _against_reference(session, ctx: EvalContext, name: str, identical: float, compare):
+    """Next-token log-probabilities of this session compared with the fp32 baseline's (kept as the raw outputs)."""
+    logprobs = _next_token_logprobs(session, ctx)
+    reference = ctx.reference.get(name)
+    if reference is None:
+        return identical, logprobs
+    return float(compare(reference.astype(np.float64), logprobs.astype(np.float64))), logprobs
+
+
 @register("token-agreement", GENERATIVE, needs_path=False,
           description="share of held-out positions where the top-1 next token equals the fp32 PyTorch model's")
 def token_agreement(session, ctx: EvalContext, path=None):
-    logprobs = _next_token_logprobs(session, ctx)
-    reference = ctx.reference.get("token-agreement")
-    if reference is None:
-        return 1.0, logprobs
-    return float((logprobs.argmax(-1) == reference.argmax(-1)).mean()), logprobs
+    return _against_reference(session, ctx, "token-agreement", 1.0,
+                              lambda p, q: (q.argmax(-1) == p.argmax(-1)).mean())
 
 
 @register("kl", GENERATIVE, needs_path=False, higher_is_better=False,
           description="mean KL divergence KL(fp32 || variant) of next-token distributions on held-out sentences")
 def kl(session, ctx: EvalContext, path=None):
-    logprobs = _next_token_logprobs(session, ctx)
-    reference = ctx.reference.get("kl")
-    if reference is None:
-        return 0.0, logprobs
-    p, q = reference.astype(np.float64), logprobs.astype(np.float64)
-    return float((np.exp(p) * (p - q)).sum(axis=-1).mean()), logprobs
+    return _against_reference(session, ctx, "kl", 0.0, lambda p, q: (np.exp(p) * (p - q)).sum(axis=-1).mean())

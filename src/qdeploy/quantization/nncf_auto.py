@@ -49,10 +49,9 @@ def float_linears(model) -> list[str]:
     for op in model.get_ordered_ops():
         if op.get_type_name() != "MatMul":
             continue
-        producers = [op.input_value(i).get_node() for i in range(2)]
-        has_weight = any(p.get_type_name() in ("Constant", "Convert", "FakeQuantize", "Multiply") and
-                         not p.get_type_name() == "Parameter" for p in producers[1:])
-        if has_weight and producers[0].get_type_name() != "FakeQuantize":
+        weight = op.input_value(1).get_node().get_type_name()  # a constant, possibly behind its own quantizer
+        activation = op.input_value(0).get_node().get_type_name()
+        if weight in ("Constant", "Convert", "FakeQuantize", "Multiply") and activation != "FakeQuantize":
             found.append(op.get_friendly_name())
     return found
 
