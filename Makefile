@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	# torch first, from the local CPU wheel; constraints keep every later step from replacing it.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e '.[full,demo,generation,test]'
+	$(PIP) install --quiet -c constraints.txt -e '.[full,demo,generation,ray,test]'
 	$(PIP) check
 	touch $(STAMP)
 

@@ -223,11 +223,11 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     assert not (out / "artifacts" / "ort-static").exists()
 
     resume = [sys.executable, "-m", "qdeploy", "run", "--resume", str(out)]
-    measuring = lambda: len(list((out / "cells").glob("measure-*.json"))) >= 2
+    measuring = lambda: len(list((out / "cells").glob("bench-*.json"))) >= 2
     code, _ = _start_and_kill_when(resume, measuring)
     assert code == -signal.SIGKILL
     _no_incomplete_artifacts(out)
-    finished = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("measure-*.json")}
+    finished = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("bench-*.json")}
     assert len(finished) >= 2
 
     proc = subprocess.run(resume, capture_output=True, text=True, timeout=600)

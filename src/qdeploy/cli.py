@@ -10,119 +10,26 @@ import threading
 import traceback
 from pathlib import Path
 
+from .cli_run import _Parser, _add_run, _csv, _plan_from_args
 from .errors import ConfigError, QdeployError, disk_full
-
-EPILOG_RUN = """examples:
-  qdeploy run                                   # the default plan on all-MiniLM-L6-v2
-  qdeploy run --eval stsb=../shared/data/stsb/sts-test.tsv
-  qdeploy run --model ../shared/models/minilm-l6-sst2 --task text-classification \\
-              --eval accuracy=../shared/data/sst2/dev.tsv
-  qdeploy run --methods ort-dynamic,nncf-ptq --runtimes torch,ort-cpu,openvino-cpu --batch-sizes 1 --seq-len 64
-  qdeploy run --plan my-plan.yaml --out runs/today
-  qdeploy run --model ../shared/models/stories260k --task text-generation --methods ort-dynamic,nncf-weight-int8 \
-              --batch-sizes 1,4 --eval perplexity=../shared/data/tinystories/valid-head.txt
-"""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every other user error
-        raise ConfigError(f"{message} (see `{self.prog} --help`)")
-
-
-def _csv(kind):
-    def parse(value: str):
-        items = [v.strip() for v in value.split(",") if v.strip()]
-        try:
-            return [kind(v) for v in items]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {value!r}")
-    return parse
-
-
-def _eval_pairs(pairs):
-    evals = {}
-    for pair in pairs or []:
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path:
-            raise ConfigError(f"--eval {pair!r} must look like METRIC=PATH (e.g. stsb=sts-test.tsv)")
-        evals[name] = path
-    return evals
-
-
-def _add_run(sub):
-    p = sub.add_parser("run", help="export, quantize, run and measure a model; write a report",
-                       description="Run a plan (the built-in default when no flag is given). Each flag overrides the "
-                                   "plan key of the same name.", epilog=EPILOG_RUN,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--plan", type=Path, help="plan file (YAML); flags override its keys")
-    p.add_argument("--resume", metavar="OUT", help="continue an interrupted run in OUT, re-using its finished cells")
-    p.add_argument("--model", help="local model directory or Hugging Face hub id (default: all-MiniLM-L6-v2)")
-    p.add_argument("--task", help="feature-extraction | text-classification | text-generation")
-    p.add_argument("--methods", help="comma-separated quantization methods (see `qdeploy list`)")
-    p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
-                   help="a method option, e.g. ort-static.per_channel=false (repeatable)")
-    p.add_argument("--runtimes", type=_csv(str),
-                   help="comma-separated runtimes (see `qdeploy list`), or auto: every runtime present (default)")
-    p.add_argument("--calibration", help="calibration text: builtin, a .txt/.tsv/.csv/.jsonl file, or FILE:COLUMN")
-    p.add_argument("--calibration-samples", type=int, help="number of calibration samples (default 128)")
-    p.add_argument("--eval", action="append", metavar="METRIC=PATH", help="quality metric on a file (repeatable)")
-    p.add_argument("--batch-sizes", type=_csv(int), help="comma-separated batch sizes (default 1,8)")
-    p.add_argument("--seq-len", type=int, help="sequence length of benchmark inputs (default 128)")
-    p.add_argument("--threads", type=int, help="threads per session (default: physical cores)")
-    p.add_argument("--warmup", type=int, help="warm-up iterations per measurement")
-    p.add_argument("--min-reps", type=int, help="minimum timed iterations per measurement")
-    p.add_argument("--min-time-s", type=float, help="minimum timed seconds per measurement")
-    p.add_argument("--throughput-streams", type=int,
-                   help="also measure throughput with N concurrent streams (each with cores/N threads)")
-    p.add_argument("--new-tokens", type=int,
-                   help="text-generation: tokens decoded per request in the generation benchmark (default 64)")
-    p.add_argument("--timing", type=_csv(str),
-                   help="what latency times: model (tokenized inputs; default) and/or end-to-end (tokenization too)")
-    p.add_argument("--out", help="output directory (default runs/<model>-<timestamp>); never overwritten")
-    p.add_argument("--allow-pickle", action="store_true", default=None, help="allow pytorch_model.bin (pickle) weights")
-    p.add_argument("--trust-remote-code", action="store_true", default=None, help="run the model repository's own code")
-
-
-def _plan_from_args(args):
-    from . import plan as plans
-
-    base = plans.load(args.plan) if args.plan else plans.default()
-    data = base.to_dict()
-    simple = {"model": args.model, "task": args.task, "runtimes": args.runtimes, "batch_sizes": args.batch_sizes,
-              "seq_len": args.seq_len, "threads": args.threads, "warmup": args.warmup, "min_reps": args.min_reps,
-              "min_time_s": args.min_time_s, "throughput_streams": args.throughput_streams,
-              "new_tokens": args.new_tokens, "timing": args.timing, "out": args.out, "allow_pickle": args.allow_pickle,
-              "trust_remote_code": args.trust_remote_code}
-    data.update({k: v for k, v in simple.items() if v is not None})
-    if args.methods is not None:
-        data["methods"] = [{"name": m.strip(), "options": {}} for m in args.methods.split(",") if m.strip()]
-    if args.option:
-        by_name = {m["name"]: m for m in data["methods"]}
-        for pair in args.option:
-            target, sep, value = pair.partition("=")
-            method, dot, key = target.rpartition(".")
-            if not sep or not dot or method not in by_name:
-                raise ConfigError(f"--option {pair!r} must look like METHOD.KEY=VALUE with METHOD one of the run's "
-                                  f"methods ({', '.join(by_name) or 'none'})")
-            by_name[method]["options"][key] = value
-    if args.calibration is not None:
-        data["calibration"]["source"] = args.calibration
-    if args.calibration_samples is not None:
-        data["calibration"]["samples"] = args.calibration_samples
-    if args.eval:
-        data["eval"] = {**data["eval"], **_eval_pairs(args.eval)}
-    return plans.from_dict(data, where="run flags")
-
 
 def cmd_run(args, console):
     from . import pipeline
     from .report import load_report
 
     if args.resume:
-        given = [k for k, v in vars(args).items() if k not in ("resume", "debug", "command") and v is not None]
+        how = {"executor": args.executor, "address": args.address, "retries": args.retries}  # not what is run
+        given = [k for k, v in vars(args).items()
+                 if k not in ("resume", "debug", "command", *how) and v is not None]
         if given:
             raise ConfigError(f"--resume continues a run with its own saved plan; drop --{given[0].replace('_', '-')}")
         plan = pipeline.load_resumable(Path(args.resume))
+        from . import plan as plans
+
+        data = {**plan.to_dict(), **{k: v for k, v in how.items() if v is not None}}
+        if data["executor"] == "local":
+            data["address"] = None
+        plan = plans.from_dict(data, "--resume")
     else:
         plan = _plan_from_args(args)
     with _progress(console) as progress:
@@ -261,19 +168,25 @@ def _progress(console):
 def _print_table(console, report):
     from rich.table import Table
 
-    table = Table(title=f"{report['model']['source']} ({report['model']['task']}) on {report['machine']['cpu_model']}")
-    for column in ("variant", "runtime", "batch", "p50 ms", "speed-up", "size MB", "quality", "Δ vs fp32"):
-        table.add_column(column, justify="left" if column in ("variant", "runtime") else "right")
+    machines = report.get("machines") or {}
+    where = report['machine']['cpu_model'] if len(machines) <= 1 else f"{len(machines)} machine types"
+    table = Table(title=f"{report['model']['source']} ({report['model']['task']}) on {where}")
+    columns = ("machine",) * (len(machines) > 1) + ("variant", "runtime", "batch", "p50 ms", "speed-up", "size MB",
+                                                   "quality", "Δ vs fp32")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("machine", "variant", "runtime") else "right")
     for row in report["results"]:
         q = row.get("quality") or {}
         speed = row.get("speedup_vs_fp32")
-        table.add_row(row["variant"], row["runtime"], str(row["batch"]), f"{row['latency_ms']['p50']:.2f}",
+        table.add_row(*(row.get("machine", ""),) * (len(machines) > 1), row["variant"], row["runtime"],
+                      str(row["batch"]), f"{row['latency_ms']['p50']:.2f}",
                       f"{speed:.2f}x" if speed else "-", f"{row['size_mb']:.1f}",
                       f"{q.get('metric')} {q.get('value'):.4f}" if q else "-",
                       f"{q['delta']:+.4f}" if q.get("delta") is not None else "-")
     console.print(table)
     for skip in report.get("skipped", []):
-        console.print(f"[yellow]not run[/yellow] {skip['variant']} on {skip['runtime']}: {skip['reason']}")
+        on = f" ({skip['machine']})" if skip.get("machine") else ""
+        console.print(f"[yellow]not run[/yellow] {skip['variant']} on {skip['runtime']}{on}: {skip['reason']}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,41 +1,37 @@
-"""Runs a plan: export -> quantize -> (load, quality, latency) per variant x runtime -> report.
+"""Runs a plan: export -> quantize -> (quality, latency) per machine type x variant x runtime -> report.
 
-Everything is measured in this one process, PyTorch fp32 first, so every speed-up is a ratio to a baseline measured in
-the same run. Bad input is checked before the long work starts.
+The work is a list of cells (work.py) that an executor runs: in this process, or on a Ray cluster. Each machine
+type's PyTorch fp32 baseline is timed first by the same process that times its variants, so every speed-up is a ratio
+to a baseline measured in the same run on the same machine. Bad input is checked before the long work starts.
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from . import __version__, evaluation, exporters, models, quantization, runtimes
+from . import __version__, evaluation, executors, models, quantization, runtimes
 from .artifact import Artifact, Manifest
-from .benchmarking.generation import GenerationScenario, generates, measure_generation
-from .benchmarking import (TIMINGS, LatencyScenario, RssSampler, ThroughputScenario, benchmark_case,
-                           measure_concurrent, measure_timings, throughput_runner)
+from .benchmarking import TIMINGS, LatencyScenario
 from .calibration import CalibrationSource
 from .cells import PLAN_FILE, CellStore, remove_stale_staging
 from .config import to_dict
-from .errors import ConfigError, QdeployError, UnsupportedError
+from .errors import ConfigError, UnsupportedError
+from .executors import Cell
 from .machine import describe
-from .plan import Plan
+from .plan import MachineSpec, Plan
 from .progress import Progress, Silent
 from .report import write_reports
-from .tasks import architecture, check_task, for_generation, model_inputs
+from .storage import Storage
+from .tasks import architecture, check_task
 from .tasks import task as get_task
+from .work import BASELINE, FP32_VARIANTS, RunContext, bench_cell, export_cell, quality_cell, quantize_cell
 
-BASELINE = "pytorch-fp32"
 AUTO = "auto"  # every registered runtime; those missing here are listed as not run
-FP32_VARIANTS = {"onnx": "onnx-fp32", "openvino": "openvino-fp32"}
 
 
 @dataclass
@@ -79,6 +75,10 @@ def check(plan: Plan) -> Checked:
         raise ConfigError("timing must include model (e.g. model,end-to-end); got "
                           f"{','.join(plan.timing) or 'nothing'}")
     unavailable = {r: reason for r in wanted_runtimes if (reason := runtimes.get(r).unavailable_reason())}
+    if plan.executor != "local" and not auto:
+        # Named runtimes are tried on the cluster's nodes, which may have what this one lacks (a GPU, a provider);
+        # where a node lacks one, that cell is reported as not run with the node's reason.
+        unavailable = {}
     if unavailable and not auto:
         # Asked for by name: an error. Under `auto`, runtimes missing here are reported as not run.
         available = [r for r in runtimes.names() if runtimes.get(r).unavailable_reason() is None]
@@ -115,8 +115,6 @@ def baseline_artifact(source: models.ModelSource, task_name: str, input_names: l
 
 
 def _max_positions(source: models.ModelSource) -> int | None:
-    import json
-
     config = json.loads((source.path / "config.json").read_text())
     return config.get("max_position_embeddings")
 
@@ -161,120 +159,188 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
     max_positions = _max_positions(source)
     if max_positions and plan.seq_len > max_positions:
         raise ConfigError(f"--seq-len {plan.seq_len} is beyond what {source.name} allows ({max_positions} positions)")
+    executor = executors.make(plan)  # a missing Ray fails here, before the run directory exists
     out = prepare_out(plan, source, out, resume)
-    for name in remove_stale_staging(out / "artifacts"):
-        progress.log(f"removed unfinished {name} left by an interrupted run")
+    default_storage = plan.storage is None
+    storage = Storage(out / "artifacts" if default_storage else plan.storage)
+    if not storage.remote:
+        for name in remove_stale_staging(Path(storage.root)):
+            progress.log(f"removed unfinished {name} left by an interrupted run")
     store = CellStore(out)
-    session_id = uuid.uuid4().hex[:12]
-    threads = plan.threads or describe()["cores_physical"] or os.cpu_count()
-    skipped: list[dict[str, str]] = [{"variant": "(all)", "runtime": r, "reason": reason}
-                                     for r, reason in checked.unavailable.items()]
-    usable = [r for r in checked.runtimes if r not in checked.unavailable]
-
-    # Export: every format some usable runtime or some method needs.
-    wanted = {quantization.method(name).input_format for _, name, _ in checked.method_configs}
-    wanted |= {fmt for r in usable for fmt in runtimes.get(r).formats if fmt in FP32_VARIANTS}
-    variants: list[Artifact] = []
-    progress.stage("export", len(wanted))
-    for fmt in sorted(wanted):
-        target = out / "artifacts" / FP32_VARIANTS[fmt]
-        artifact = _existing(target)
-        if artifact is None:
-            progress.log(f"export {fmt}")
-            artifact = exporters.export(source, plan.task, fmt, target, trust_remote_code=plan.trust_remote_code,
-                                        progress=progress.log)
-        variants.append(artifact)
-        progress.advance(fmt)
-    parents = {a.format: a for a in variants}
-
-    progress.stage("quantize", len(checked.method_configs))
-    for variant, name, config in checked.method_configs:
-        target = out / "artifacts" / variant
-        artifact = _existing(target)
-        try:
-            if artifact is None:
-                artifact = quantization.quantize(parents[quantization.method(name).input_format], config, target,
-                                                  checked.calibration, progress=progress.log)
-            variants.append(artifact)
-        except UnsupportedError as exc:
-            skipped.append({"variant": variant, "runtime": "(all)", "reason": str(exc)})
-            progress.log(f"skipped {variant}: {exc}")
-        progress.advance(variant)
-
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(source.path))
-    input_names = model_inputs(architecture(source.model_type), tokenizer)
-    generative = get_task(plan.task).generative
-    if generative:
-        for_generation(tokenizer)
-    baseline = baseline_artifact(source, plan.task, input_names, plan.trust_remote_code,
-                                 int(tokenizer.pad_token_id or 0))
-    # A decoder computes its own positions from the mask; what is fed per request is what a tokenizer gives.
-    feed_names = ["input_ids", "attention_mask"] if generative else input_names
-    cells = [(a, r) for a in [baseline, *variants] for r in usable if runtimes.get(r).supports(a)]
-    inputs = {b: benchmark_case(tokenizer, feed_names, b, plan.seq_len, max_positions=max_positions)
-              for b in plan.batch_sizes}
-    scenario = LatencyScenario(warmup=plan.warmup, min_reps=plan.min_reps, min_time_s=plan.min_time_s)
-    ctx = evaluation.EvalContext(tokenizer, feed_names, max_positions=max_positions)
-    generation = GenerationScenario(prompt_len=plan.seq_len, new_tokens=plan.new_tokens,
-                                    batch_sizes=tuple(plan.batch_sizes), min_time_s=plan.min_time_s)
-    for metric_name in checked.metrics:
-        reference = store.get_array("reference", metric_name)
-        if reference is not None:
-            ctx.reference[metric_name] = reference
-    rows: list[dict[str, Any]] = []
-    progress.stage("measure", len(cells))
-    for artifact, runtime in cells:
-        name = BASELINE if artifact is baseline else artifact.name
-        cell_name = f"{name}@{runtime}"
-        record = store.get("measure", cell_name)
-        if record is None:
-            progress.log(f"measure {name} on {runtime}")
-            try:
-                record = {"rows": _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, ctx,
-                                                plan, store, generation), "session": session_id}
-            except QdeployError as exc:
-                record = {"skipped": str(exc), "session": session_id}
-            store.put("measure", cell_name, record)
-        if "skipped" in record:
-            skipped.append({"variant": name, "runtime": runtime, "reason": record["skipped"]})
-        for row in record.get("rows", []):
-            rows.append({**row, "session": record["session"]})
-        progress.advance(f"{name} on {runtime}")
-        gc.collect()
+    with executor:
+        work = RunContext(key=f"{out.resolve()}#{uuid.uuid4().hex[:8]}", plan=plan, source=source, storage=storage,
+                          metrics=tuple(checked.metrics), max_positions=max_positions,
+                          parallel=executor.name != "local")
+        stages = _Stages(checked, work, store, executor, progress)
+        variants = stages.build()
+        rows, machines, threads = stages.measure(variants)
     _relate_to_baseline(rows)
-
+    for record in variants:
+        record["path"] = f"artifacts/{record['name']}" if default_storage else f"{plan.storage}/{record['name']}"
+    single = len(machines) == 1
     report = {
         "schema": "qdeploy.report/1",
         "qdeploy_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": describe(),
+        "machine": next(iter(machines.values())) if single else describe(),
+        "machines": machines,
         "model": {"source": source.spec, "path": str(source.path), "task": plan.task, "sha256": source.sha256,
                   "model_type": source.model_type},
         "plan": plan.to_dict(),
-        "settings": {"threads": threads, **to_dict(scenario), "throughput_streams": plan.throughput_streams,
+        "settings": {"threads": next(iter(threads.values()), None) if single else threads,
+                     **to_dict(LatencyScenario(warmup=plan.warmup, min_reps=plan.min_reps,
+                                               min_time_s=plan.min_time_s)),
+                     "throughput_streams": plan.throughput_streams,
                      "measured": {t: TIMINGS.get(t).what for t in plan.timing},
-                     "baseline": f"{BASELINE} on torch, same inputs; same process unless baseline_same_process "
-                                 "is false (a resumed run)",
+                     "baseline": f"{BASELINE} on torch, same inputs, same machine type; same process unless "
+                                 "baseline_same_process is false (a resumed run, or a restarted worker)",
+                     "executor": plan.executor, "storage": storage.root if not default_storage else "artifacts",
                      "sessions": sorted({r["session"] for r in rows})},
         "metrics": {m: evaluation.metric(m).description for m in checked.metrics},
-        "variants": [_variant_record(a, out) for a in variants],
-        "skipped": skipped,
+        "variants": variants,
+        "skipped": stages.skipped,
         "results": rows,
     }
+    if plan.machines:
+        _write_machine_reports(out, report)
     return write_reports(out, report)
 
 
+def _write_machine_reports(out: Path, report: dict[str, Any]) -> None:
+    """One ordinary report per machine type, and the cross-machine comparison of them (compare.*) beside report.*."""
+    from .report.compare import build_comparison, write_comparison
+
+    names = list(report["machines"])
+    per_machine = []
+    for name in names:
+        threads = report["settings"]["threads"]
+        one = {**report, "machine": report["machines"][name], "machines": {name: report["machines"][name]},
+               "settings": {**report["settings"], "threads": threads.get(name) if isinstance(threads, dict) else threads},
+               "results": [r for r in report["results"] if r.get("machine") == name],
+               "skipped": [s for s in report["skipped"] if s.get("machine") in (name, None)]}
+        write_reports(out / "machines" / name, one)
+        per_machine.append(one)
+    if len(per_machine) > 1:
+        write_comparison(build_comparison(per_machine, names, [f"machines/{n}" for n in names], labels=names), out)
+
+
+class _Stages:
+    """The cells of one run, stage by stage, handed to the executor; finished cells come from the store."""
+
+    def __init__(self, checked: Checked, work: RunContext, store: CellStore, executor, progress: Progress):
+        self.checked, self.work, self.store, self.executor, self.progress = checked, work, store, executor, progress
+        self.plan = checked.plan
+        self.skipped: list[dict[str, Any]] = [{"variant": "(all)", "runtime": r, "reason": reason}
+                                              for r, reason in checked.unavailable.items()]
+        self.usable = [r for r in checked.runtimes if r not in checked.unavailable]
+
+    def _run(self, stage: str, cells: list[Cell]) -> dict[str, dict[str, Any]]:
+        """Run the cells not finished before; the results of all of them, by key."""
+        results: dict[str, dict[str, Any]] = {}
+        todo = []
+        for cell in cells:
+            kind, name = cell.key.split(":", 1)
+            record = self.store.get(kind, name)
+            if record is None:
+                todo.append(cell)
+            else:
+                results[cell.key] = {**record, "references": self._references(cell)}
+        for cell in todo:  # a cell needing one finished earlier gets its result now
+            if cell.needs in results:
+                cell.args, cell.needs = cell.args + (results[cell.needs],), None
+        self.progress.stage(stage, len(cells))
+        for _ in range(len(cells) - len(todo)):
+            self.progress.advance("finished earlier")
+
+        def done(cell: Cell, result: dict[str, Any]) -> None:
+            kind, name = cell.key.split(":", 1)
+            for metric, array in (result.get("references") or {}).items():
+                self.store.put_array("reference", f"{metric}@{cell.machine.name if cell.machine else ''}", array)
+            self.store.put(kind, name, {k: v for k, v in result.items() if k != "references"})
+            results[cell.key] = result
+
+        self.executor.run(todo, done, self.progress)
+        return {cell.key: results[cell.key] for cell in cells}  # in plan order, whatever order they finished in
+
+    def _references(self, cell: Cell) -> dict[str, Any]:
+        if cell.kind != "quality" or cell.machine is None:
+            return {}
+        arrays = {m: self.store.get_array("reference", f"{m}@{cell.machine.name}") for m in self.work.metrics}
+        return {m: a for m, a in arrays.items() if a is not None}
+
+    def build(self) -> list[dict[str, Any]]:
+        checked, work = self.checked, self.work
+        wanted = {quantization.method(name).input_format for _, name, _ in checked.method_configs}
+        wanted |= {fmt for r in self.usable for fmt in runtimes.get(r).formats if fmt in FP32_VARIANTS}
+        # Export and quantization hold the model a few times over (PyTorch, the graph, its optimized copies).
+        weights = sum(f.stat().st_size for f in work.source.path.glob("*.safetensors")) or 2**28
+        memory_mb = 1024 + 6 * weights // 2**20
+        exports = self._run("export", [Cell(f"build:{FP32_VARIANTS[fmt]}", "build", export_cell, (work, fmt),
+                                            memory_mb=memory_mb) for fmt in sorted(wanted)])
+        quantized = self._run("quantize", [Cell(f"build:{variant}", "build", quantize_cell,
+                                                (work, variant, name, config), memory_mb=memory_mb)
+                                           for variant, name, config in checked.method_configs])
+        variants = []
+        for key, result in [*exports.items(), *quantized.items()]:
+            if "skipped" in result:
+                self.skipped.append({"variant": key.split(":", 1)[1], "runtime": "(all)", "reason": result["skipped"]})
+                self.progress.log(f"skipped {key}: {result['skipped']}")
+            else:
+                variants.append(result["variant"])
+        return variants
+
+    def measure(self, variants: list[dict[str, Any]]):
+        machines = list(self.plan.machines) or [MachineSpec("local")]
+        cells: list[Cell] = []
+        for machine in machines:
+            reason = self.executor.unavailable(machine)
+            if reason:
+                self.skipped.append({"variant": "(all)", "runtime": "(all)", "machine": machine.name,
+                                     "reason": f"not run: {reason}"})
+                continue
+            cpus = self.executor.cpus(machine)
+            pairs = [(name, r) for name, fmt in [(BASELINE, "pytorch")] + [(v["name"], v["format"]) for v in variants]
+                     for r in self.usable if fmt in runtimes.get(r).formats]
+            base = f"quality:{BASELINE}@torch@{machine.name}"
+            for name, runtime in pairs:
+                key = f"quality:{name}@{runtime}@{machine.name}"
+                needs = base if name != BASELINE and (BASELINE, "torch") in pairs else None
+                cells.append(Cell(key, "quality", quality_cell, (self.work, name, runtime, cpus), machine, needs))
+            cells += [Cell(f"bench:{name}@{runtime}@{machine.name}", "bench", bench_cell,
+                           (self.work, name, runtime, cpus), machine) for name, runtime in pairs]
+        results = self._run("measure", cells)
+        rows: list[dict[str, Any]] = []
+        described: dict[str, Any] = {}
+        threads: dict[str, Any] = {}
+        for cell in cells:
+            if cell.kind != "bench":
+                continue
+            machine, (name, runtime) = cell.machine.name, cell.args[1:3]
+            bench = results[cell.key]
+            quality = results.get(f"quality:{name}@{runtime}@{machine}", {})
+            for reason in (bench.get("skipped"), quality.get("skipped")):
+                if reason:
+                    self.skipped.append({"variant": name, "runtime": runtime, "machine": machine, "reason": reason})
+            if "skipped" in bench:
+                continue
+            described.setdefault(machine, bench["machine"])
+            threads.setdefault(machine, bench["threads"])
+            for row in bench["rows"]:
+                rows.append({**row, "machine": machine, "qualities": list(quality.get("qualities", [])),
+                             "session": bench["session"]})
+        if not described:
+            described = {m.name: describe() for m in machines if not self.executor.unavailable(m)} or {"local": describe()}
+        return rows, described, threads
+
 def _relate_to_baseline(rows: list[dict[str, Any]]) -> None:
-    """Speed-ups and quality deltas against the PyTorch fp32 rows of the same batch and sequence length."""
-    base = {(r["batch"], r["seq_len"]): r for r in rows if r["variant"] == BASELINE}
-    base_quality = {q["metric"]: q["value"] for r in base.values() for q in r["qualities"]}
+    """Speed-ups and quality deltas against the PyTorch fp32 rows of the same machine type, batch and length."""
+    base = {(r["machine"], r["batch"], r["seq_len"]): r for r in rows if r["variant"] == BASELINE}
+    base_quality = {(r["machine"], q["metric"]): q["value"] for r in base.values() for q in r["qualities"]}
     # The second baseline: the same runtime running the fp32 artifact of the same format (what int8 alone buys).
-    runtime_base = {(r["runtime"], r["format"], r["batch"], r["seq_len"]): r for r in rows
+    runtime_base = {(r["machine"], r["runtime"], r["format"], r["batch"], r["seq_len"]): r for r in rows
                     if r["variant"] in FP32_VARIANTS.values()}
     for row in rows:
-        ref = base.get((row["batch"], row["seq_len"]))
+        ref = base.get((row["machine"], row["batch"], row["seq_len"]))
         row["speedup_vs_fp32"] = round(ref["latency_ms"]["p50"] / row["latency_ms"]["p50"], 3) if ref else None
         for timing, measured in (row.get("timings") or {}).items():
             ref_timing = ((ref or {}).get("timings") or {}).get(timing)
@@ -283,12 +349,12 @@ def _relate_to_baseline(rows: list[dict[str, Any]]) -> None:
         if row.get("concurrent") and ref and ref.get("concurrent"):
             row["concurrent"]["speedup_vs_fp32"] = round(row["concurrent"]["items_per_s"]
                                                          / ref["concurrent"]["items_per_s"], 3)
-        same = runtime_base.get((row["runtime"], row["format"], row["batch"], row["seq_len"]))
+        same = runtime_base.get((row["machine"], row["runtime"], row["format"], row["batch"], row["seq_len"]))
         row["speedup_vs_runtime_fp32"] = (round(same["latency_ms"]["p50"] / row["latency_ms"]["p50"], 3)
                                           if same else None)
         row["baseline_same_process"] = bool(ref) and ref["session"] == row["session"]
         for q in row["qualities"]:
-            fp32 = base_quality.get(q["metric"])
+            fp32 = base_quality.get((row["machine"], q["metric"]))
             q["fp32_value"] = fp32
             q["delta"] = None if fp32 is None else round(q["value"] - fp32, 6)
             # Signed so that positive is better: a perplexity that rises is a loss.
@@ -300,60 +366,3 @@ def _relate_to_baseline(rows: list[dict[str, Any]]) -> None:
             gen["ttft_speedup_vs_fp32"] = round(ref_gen["ttft_ms"] / gen["ttft_ms"], 3)
         row["quality"] = row["qualities"][-1] if row["qualities"] else None
 
-
-def _variant_record(artifact: Artifact, out: Path) -> dict[str, Any]:
-    method = artifact.manifest.method or {}
-    return {"name": artifact.name, "format": artifact.format, "precision": artifact.precision,
-            "method": method.get("name"), "config": method.get("config"), "parent": artifact.manifest.parent,
-            "size_mb": artifact.size_mb(), "path": artifact.directory.relative_to(out).as_posix(),
-            "notes": artifact.manifest.notes}
-
-
-def _measure_cell(artifact, name, runtime, threads, inputs, scenario, checked, ctx, plan, store,
-                  generation: GenerationScenario) -> list[dict]:
-    is_baseline = name == BASELINE
-    with RssSampler() as memory:
-        t0 = time.perf_counter()
-        session = runtimes.load(artifact, runtime, threads)
-        load_s = time.perf_counter() - t0
-        qualities = []
-        for metric_name in checked.metrics:
-            metric = evaluation.metric(metric_name)
-            value, raw = metric.evaluate(session, ctx, plan.eval.get(metric_name))
-            if is_baseline and raw is not None:
-                # Kept on disk too: a resumed run compares its variants with these same outputs.
-                ctx.reference[metric_name] = raw
-                store.put_array("reference", metric_name, np.asarray(raw))
-            qualities.append({"metric": metric_name, "value": round(value, 6)})
-        generated = {}
-        if generates(session):
-            prompts = {b: inputs[b].inputs for b in plan.batch_sizes}
-            generated = {r["batch"]: r for r in measure_generation(session, prompts, generation)}
-        timed = {b: measure_timings(session, inputs[b], scenario, plan.timing) for b in plan.batch_sizes}
-        measurements = [timed[b]["model"] for b in plan.batch_sizes]
-        settings = getattr(session, "settings", None)
-        runner = throughput_runner(session, plan.throughput_streams)  # the runtime's own async queue, if it has one
-        del session
-        throughput = {}
-        if plan.throughput_streams:
-            streams = plan.throughput_streams
-            concurrent = ThroughputScenario(streams=streams, min_requests=plan.min_reps, min_time_s=plan.min_time_s)
-            throughput = measure_concurrent(
-                runner, lambda: runtimes.load(artifact, runtime, max(1, threads // streams)),
-                {b: inputs[b].inputs for b in plan.batch_sizes}, concurrent)
-            del runner
-    size = artifact.size_mb() if artifact.format != "pytorch" else _weights_mb(artifact)
-    return [{
-        "variant": name, "runtime": runtime, "format": artifact.format, "precision": artifact.precision,
-        "batch": m.batch, "seq_len": m.seq_len, "latency_ms": m.latency_ms, "throughput_per_s": m.throughput_per_s,
-        "size_mb": size, "peak_rss_mb": round(memory.peak_mb, 1), "rss_delta_mb": memory.delta_mb,
-        "load_s": round(load_s, 3), "iterations": m.iterations, "cv": m.cv, "noisy": m.noisy, "what": m.what,
-        "timings": {t: x.record() for t, x in timed[m.batch].items() if t != "model"},
-        "qualities": qualities, "concurrent": throughput.get(m.batch), "generation": generated.get(m.batch),
-        "runtime_settings": settings,
-    } for m in measurements]
-
-
-def _weights_mb(artifact: Artifact) -> float:
-    files = list(artifact.directory.glob("*.safetensors")) or list(artifact.directory.glob("pytorch_model*.bin"))
-    return round(sum(f.stat().st_size for f in files) / 2**20, 2)

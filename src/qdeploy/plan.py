@@ -40,6 +40,14 @@ class CalibrationSpec:
 
 
 @dataclass(frozen=True)
+class MachineSpec:
+    """A machine type of a cluster: its benchmark and quality cells run only on nodes that have its resources."""
+    name: str
+    resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources, e.g. {"machine:intel-spr": 1}
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
 class Plan:
     model: str | None = None  # None: the built-in default, all-MiniLM-L6-v2
     task: str = "feature-extraction"
@@ -60,6 +68,11 @@ class Plan:
     timing: tuple[Literal["model", "end-to-end"], ...] = ("model",)
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    executor: Literal["local", "ray"] = "local"  # ray: cells run as Ray tasks (pip install qdeploy[ray])
+    address: str | None = None  # ray: the cluster to join (e.g. ray://head:10001 or head:6379); None starts a local one
+    storage: str | None = None  # where artifacts go: a path or fsspec URI every node reaches; None: OUT/artifacts
+    retries: int = 2  # ray: times a cell is retried when its worker or node is lost
+    machines: tuple[MachineSpec, ...] = ()  # none: the one machine the run is on
 
     def to_dict(self) -> dict[str, Any]:
         data = to_dict(self)
@@ -67,6 +80,7 @@ class Plan:
                            for m in self.methods]
         data["calibration"] = to_dict(self.calibration)
         data["eval"] = dict(self.eval)
+        data["machines"] = [{"name": m.name, "resources": dict(m.resources), "gpus": m.gpus} for m in self.machines]
         return {"schema": PLAN_SCHEMA, **data}
 
 
@@ -102,6 +116,30 @@ def _method_specs(raw: Any) -> tuple[MethodSpec, ...]:
     return tuple(specs)
 
 
+def _machine_specs(raw: Any, where: str) -> tuple[MachineSpec, ...]:
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(f"{where}.machines must be a list of {{name, resources, gpus}}, got {raw!r}")
+    specs = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}.machines[{i}] must be a mapping {{name, resources, gpus}}, got {item!r}")
+        resources = item.get("resources") or {}
+        if not isinstance(resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                for k, v in resources.items()):
+            raise ConfigError(f"{where}.machines[{i}].resources must map resource names to positive numbers")
+        spec = build(MachineSpec, {k: v for k, v in item.items() if k != "resources"}, f"{where}.machines[{i}]")
+        if not _LABEL.fullmatch(spec.name):
+            raise ConfigError(f"{where}.machines[{i}].name {spec.name!r} must be letters, digits, '.', '_' or '-'")
+        if spec.gpus < 0:
+            raise ConfigError(f"{where}.machines[{i}].gpus must be >= 0")
+        specs.append(replace(spec, resources={k: float(v) for k, v in resources.items()}))
+    names = [m.name for m in specs]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"{where}.machines names a machine type more than once: {names}")
+    return tuple(specs)
+
+
 def from_dict(data: dict[str, Any], where: str = "plan") -> Plan:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of plan keys")
@@ -114,8 +152,13 @@ def from_dict(data: dict[str, Any], where: str = "plan") -> Plan:
     evals = data.pop("eval", None) or {}
     if not isinstance(evals, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in evals.items()):
         raise ConfigError(f"{where}.eval must map metric names to file paths")
+    machines = _machine_specs(data.pop("machines", None) or [], where)
     plan = build(Plan, data, where)
-    return replace(plan, methods=methods, calibration=calibration, eval=dict(evals))
+    if plan.retries < 0:
+        raise ConfigError(f"{where}.retries must be >= 0")
+    if plan.address and plan.executor != "ray":
+        raise ConfigError(f"{where}: address {plan.address!r} is for the ray executor; add executor: ray")
+    return replace(plan, methods=methods, calibration=calibration, eval=dict(evals), machines=machines)
 
 
 def load(path: str | Path) -> Plan:

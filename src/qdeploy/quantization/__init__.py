@@ -33,7 +33,8 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("method", tuple(f"qdeploy.quantization.{m}" for m in (
-    "auto", "fp16", "fp8", "nncf_auto", "nncf_methods", "ort_methods", "outlier", "precision", "weight_only")))
+    "auto", "fp16", "fp8", "nncf_auto", "nncf_methods", "ort_methods", "outlier", "precision",
+    "weight_only")))
 _BY_CONFIG: dict[type, Method] = {}
 
 
@@ -64,10 +65,22 @@ class Context:
     """What a method may use besides its config: the tokenizer (for calibration) and a progress callback."""
     tokenizer: Any
     progress: Progress
+    # How independent trials run: one after another, or (given by the executor) as parallel tasks on this node.
+    parallel_map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None
+
+    @property
+    def parallel(self) -> bool:
+        return self.parallel_map is not None
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        if self.parallel_map is not None and len(items) > 1:
+            return self.parallel_map(fn, items)
+        return [fn(item) for item in items]
 
 
 def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationSource | None = None,
-             progress: Progress | None = None, overwrite: bool = False) -> Artifact:
+             progress: Progress | None = None, overwrite: bool = False,
+             parallel_map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None) -> Artifact:
     METHODS.load()  # registers every config type
     the_method = _BY_CONFIG.get(type(config))
     if the_method is None:
@@ -89,7 +102,7 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
         from ..tasks import for_generation
 
         tokenizer = DecoderFeeds(for_generation(tokenizer), parent)
-    ctx = Context(tokenizer, progress or (lambda message: None))
+    ctx = Context(tokenizer, progress or (lambda message: None), parallel_map)
     with staging(Path(out), overwrite=overwrite) as tmp:
         # Peak memory over what the process held before (calibration included): recorded, so a source or a method
         # that grows with the number of samples shows up in the manifest rather than as a killed process.

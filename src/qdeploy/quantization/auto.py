@@ -7,6 +7,7 @@ the candidates or the time budget run out, and says so in the notes.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -95,30 +96,45 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx):
     tried: list[tuple[int, float]] = []
     best: tuple[float, int, Path] | None = None
     with tempfile.TemporaryDirectory(prefix="qdeploy-auto-") as tmp:
-        for k in _candidates(len(ranked)):
-            if tried and time.monotonic() - started > config.time_budget_s:
-                break
+        def trial(k: int) -> tuple[int, float, Path]:
+            """Quantize with the k most sensitive layers float, and score it (a task of its own on a Ray worker)."""
             floats, quantized = ranked[:k], ranked[k:]
             candidate = Path(tmp) / f"k{k}" / MODEL_FILE
-            candidate.parent.mkdir()
+            (candidate.parent / "fp32").mkdir(parents=True)
+            # ONNX Runtime's quantizers write shape-inferred copies beside their input: each trial reads its own copy
+            # of the graph, so trials running side by side never overwrite each other's.
+            for path in parent.model_path.parent.iterdir():
+                if path.suffix in (".onnx", ".data"):
+                    shutil.copy2(path, candidate.parent / "fp32" / path.name)
+            source = candidate.parent / "fp32" / parent.model_path.name
             if quantized and config.mode == "dynamic":
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-                quantize_dynamic(str(parent.model_path), str(candidate), per_channel=config.per_channel,
+                quantize_dynamic(str(source), str(candidate), per_channel=config.per_channel,
                                  reduce_range=reduce_range, weight_type=QuantType.QInt8,
                                  op_types_to_quantize=["MatMul", "Gather"], nodes_to_quantize=quantized + gathers)
             elif quantized:
-                run_static(parent.model_path, candidate, quantized, gathers, floats, calibration, ctx,
+                run_static(source, candidate, quantized, gathers, floats, calibration, ctx,
                            parent.manifest.inputs, "minmax", config.per_channel, reduce_range, activation, "qint8")
             else:
-                shutil.copy2(parent.model_path, candidate)
-            value = score(candidate)
-            loss = sign * (reference - value)
-            tried.append((k, value))
-            ctx.progress(f"auto: {k} layers float -> {metric_name} {value:.4f} (loss {loss:+.4f})")
-            if best is None or loss < best[0]:
-                best = (loss, k, candidate)
-            if loss <= allowed:
+                shutil.copy2(source, candidate)
+            return k, score(candidate), candidate
+
+        # One candidate at a time, stopping at the first within tolerance; on a Ray worker, a wave of candidates runs
+        # as parallel tasks on its node and the fewest float layers within tolerance in the wave wins.
+        candidates = _candidates(len(ranked))
+        width = max(2, os.cpu_count() or 2) if ctx.parallel else 1
+        for start in range(0, len(candidates), width):
+            if tried and time.monotonic() - started > config.time_budget_s:
+                break
+            for k, value, candidate in ctx.map(trial, candidates[start:start + width]):
+                loss = sign * (reference - value)
+                tried.append((k, value))
+                ctx.progress(f"auto: {k} layers float -> {metric_name} {value:.4f} (loss {loss:+.4f})")
+                # a wave is in order of k: its first candidate within tolerance has the fewest float layers
+                if best is None or (best[0] > allowed and (loss < best[0] or loss <= allowed)):
+                    best = (loss, k, candidate)
+            if best[0] <= allowed:
                 break
         loss, k, chosen = best
         shutil.copy2(chosen, target / MODEL_FILE)
@@ -127,5 +143,7 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx):
              f": {metric_name} {reference - sign * loss:.4f} vs fp32 {reference:.4f} with {k} of {len(ranked)} Linear "
              f"layers in float ({config.mode} int8 for the rest)",
              "tried (layers float -> value): " + ", ".join(f"{n} -> {v:.4f}" for n, v in tried)]
+    if width > 1:
+        notes.append(f"candidates evaluated {width} at a time as parallel Ray tasks on one node")
     notes += [f"float: {n} (SQNR {sqnr[n]:.1f} dB)" for n in ranked[:k]]
     return MODEL_FILE, "int8-mixed", dict(RUNTIME_CONFIG), notes

@@ -71,6 +71,14 @@ def _shape_key(shape: tuple) -> tuple:
     return tuple((_num(part) is None, _num(part) or 0.0, str(part)) for part in shape)
 
 
+def machine_labels(report: dict) -> dict:
+    """A run over several machine types has each variant once per type: name the type beside the variant."""
+    rows = [r for r in report.get("results") or [] if isinstance(r, dict)]
+    if len({str(r.get("machine")) for r in rows}) <= 1:
+        return report
+    return {**report, "results": [{**r, "variant": f"{r.get('variant')} @ {r.get('machine')}"} for r in rows]}
+
+
 def _groups(results: list) -> list[tuple[tuple, list[dict]]]:
     groups: dict[tuple, list[dict]] = {}
     for row in results:

@@ -152,9 +152,11 @@ def _merge_rows(runs: list[dict], reports: list[dict]) -> list[dict]:
     return [row for _, rows in _groups(merged) for row in rows]
 
 
-def build_comparison(reports: list[dict], names: list[str], dirs: list[str] | None = None) -> dict:
-    """The compare.json document for already-loaded reports; names are the run directory names."""
-    labels = _labels(reports, names)
+def build_comparison(reports: list[dict], names: list[str], dirs: list[str] | None = None,
+                     labels: list[str] | None = None) -> dict:
+    """The compare.json document for already-loaded reports; names are the run directory names. `labels` name the
+    columns (the machine types of one run); by default each run is named by what tells it apart."""
+    labels = labels or _labels(reports, names)
     runs = [{"label": label, "dir": d, "machine": _dict(r.get("machine")), "settings": _dict(r.get("settings")),
              "model": _dict(r.get("model")), "created": r.get("created")}
             for label, d, r in zip(labels, dirs or names, reports)]
@@ -341,7 +343,10 @@ def compare_runs(run_dirs: list[Path], out: Path) -> Path:
     _check_out(out)
     reports = [load_report(d) for d in run_dirs]
     names = [(d if d.is_dir() else d.parent).name for d in resolved]
-    data = build_comparison(reports, names, [str(d) for d in run_dirs])
+    return write_comparison(build_comparison(reports, names, [str(d) for d in run_dirs]), out)
+
+
+def write_comparison(data: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     # JSON first, so the human-readable files never show numbers the JSON lacks.
     _write_atomic(out / "compare.json", json.dumps(data, indent=2, default=str))

@@ -11,7 +11,7 @@ import html
 import math
 from typing import Any, Callable
 
-from ._format import (GENERATION_COLUMNS, _concurrent, _generation_rows, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities, _timing_cell, _timings,
+from ._format import (machine_labels, GENERATION_COLUMNS, _concurrent, _generation_rows, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities, _timing_cell, _timings,
                       _what_was_timed)
 _WIDTH = 760  # SVG viewBox width; CSS scales the chart to the page.
 _COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
@@ -249,7 +249,7 @@ def _per_shape(title: str, groups: list, render: Callable[[list[dict], str], str
 
 def render_html(report: dict) -> str:
     """Return the report as a complete, offline, single-file HTML document."""
-    report = _as(report, dict)
+    report = machine_labels(_as(report, dict))
     model = _as(report.get("model"), dict)
     source, task = model.get("source") or "unknown model", model.get("task")
     parts = (task, report.get("created") and f"created {report['created']}",

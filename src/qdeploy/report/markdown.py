@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._format import (DASH, GENERATION_COLUMNS, _generation_rows, _quality_matrix, _concurrent, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities, _timing_cell,
+from ._format import (DASH, machine_labels, GENERATION_COLUMNS, _generation_rows, _quality_matrix, _concurrent, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities, _timing_cell,
                       _timings, _what_was_timed)
 
 _FIXED_COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
@@ -123,7 +123,7 @@ def _skipped(skipped: list) -> list[str]:
 
 def render_markdown(report: dict) -> str:
     """Return the report as a Markdown document (ends with a newline)."""
-    report = _dict(report)
+    report = machine_labels(_dict(report))
     model = _dict(report.get("model"))
     title = f"# qdeploy report — {_md(model.get('source') or 'unknown model')}"
     if model.get("task"):

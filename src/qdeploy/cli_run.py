@@ -1,0 +1,117 @@
+"""`qdeploy run`'s flags: each is one plan key (see plan.py), so a flag and a plan file say the same thing."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import ConfigError
+
+EPILOG_RUN = """examples:
+  qdeploy run                                   # the default plan on all-MiniLM-L6-v2
+  qdeploy run --eval stsb=../shared/data/stsb/sts-test.tsv
+  qdeploy run --model ../shared/models/minilm-l6-sst2 --task text-classification \\
+              --eval accuracy=../shared/data/sst2/dev.tsv
+  qdeploy run --methods ort-dynamic,nncf-ptq --runtimes torch,ort-cpu,openvino-cpu --batch-sizes 1 --seq-len 64
+  qdeploy run --plan my-plan.yaml --out runs/today
+  qdeploy run --plan cluster-plan.yaml --executor ray --address head-node:6379   # on a Ray cluster
+  qdeploy run --model ../shared/models/stories260k --task text-generation --methods ort-dynamic,nncf-weight-int8 \
+              --batch-sizes 1,4 --eval perplexity=../shared/data/tinystories/valid-head.txt
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other user error
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
+
+
+def _csv(kind):
+    def parse(value: str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            return [kind(v) for v in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {value!r}")
+    return parse
+
+
+def _eval_pairs(pairs):
+    evals = {}
+    for pair in pairs or []:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--eval {pair!r} must look like METRIC=PATH (e.g. stsb=sts-test.tsv)")
+        evals[name] = path
+    return evals
+
+
+def _add_run(sub):
+    p = sub.add_parser("run", help="export, quantize, run and measure a model; write a report",
+                       description="Run a plan (the built-in default when no flag is given). Each flag overrides the "
+                                   "plan key of the same name.", epilog=EPILOG_RUN,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", type=Path, help="plan file (YAML); flags override its keys")
+    p.add_argument("--resume", metavar="OUT", help="continue an interrupted run in OUT, re-using its finished cells")
+    p.add_argument("--model", help="local model directory or Hugging Face hub id (default: all-MiniLM-L6-v2)")
+    p.add_argument("--task", help="feature-extraction | text-classification | text-generation")
+    p.add_argument("--methods", help="comma-separated quantization methods (see `qdeploy list`)")
+    p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
+                   help="a method option, e.g. ort-static.per_channel=false (repeatable)")
+    p.add_argument("--runtimes", type=_csv(str),
+                   help="comma-separated runtimes (see `qdeploy list`), or auto: every runtime present (default)")
+    p.add_argument("--calibration", help="calibration text: builtin, a .txt/.tsv/.csv/.jsonl file, or FILE:COLUMN")
+    p.add_argument("--calibration-samples", type=int, help="number of calibration samples (default 128)")
+    p.add_argument("--eval", action="append", metavar="METRIC=PATH", help="quality metric on a file (repeatable)")
+    p.add_argument("--batch-sizes", type=_csv(int), help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--seq-len", type=int, help="sequence length of benchmark inputs (default 128)")
+    p.add_argument("--threads", type=int, help="threads per session (default: physical cores)")
+    p.add_argument("--warmup", type=int, help="warm-up iterations per measurement")
+    p.add_argument("--min-reps", type=int, help="minimum timed iterations per measurement")
+    p.add_argument("--min-time-s", type=float, help="minimum timed seconds per measurement")
+    p.add_argument("--throughput-streams", type=int,
+                   help="also measure throughput with N concurrent streams (each with cores/N threads)")
+    p.add_argument("--new-tokens", type=int,
+                   help="text-generation: tokens decoded per request in the generation benchmark (default 64)")
+    p.add_argument("--timing", type=_csv(str),
+                   help="what latency times: model (tokenized inputs; default) and/or end-to-end (tokenization too)")
+    p.add_argument("--out", help="output directory (default runs/<model>-<timestamp>); never overwritten")
+    p.add_argument("--allow-pickle", action="store_true", default=None, help="allow pytorch_model.bin (pickle) weights")
+    p.add_argument("--trust-remote-code", action="store_true", default=None, help="run the model repository's own code")
+    p.add_argument("--executor", choices=("local", "ray"),
+                   help="local: every cell in this process (default); ray: cells as Ray tasks (pip install qdeploy[ray])")
+    p.add_argument("--address", help="ray: the cluster to join (HOST:6379 or ray://HOST:10001); "
+                                     "none starts a local Ray instance")
+    p.add_argument("--storage", help="where artifacts go: a directory or fsspec URI that every node reaches "
+                                     "(default OUT/artifacts)")
+    p.add_argument("--retries", type=int, help="ray: retries of a cell whose worker or node is lost (default 2)")
+
+
+def _plan_from_args(args):
+    from . import plan as plans
+
+    base = plans.load(args.plan) if args.plan else plans.default()
+    data = base.to_dict()
+    simple = {"model": args.model, "task": args.task, "runtimes": args.runtimes, "batch_sizes": args.batch_sizes,
+              "seq_len": args.seq_len, "threads": args.threads, "warmup": args.warmup, "min_reps": args.min_reps,
+              "min_time_s": args.min_time_s, "throughput_streams": args.throughput_streams,
+              "new_tokens": args.new_tokens, "timing": args.timing, "out": args.out, "allow_pickle": args.allow_pickle,
+              "trust_remote_code": args.trust_remote_code,
+              "executor": args.executor, "address": args.address, "storage": args.storage, "retries": args.retries}
+    data.update({k: v for k, v in simple.items() if v is not None})
+    if args.methods is not None:
+        data["methods"] = [{"name": m.strip(), "options": {}} for m in args.methods.split(",") if m.strip()]
+    if args.option:
+        by_name = {m["name"]: m for m in data["methods"]}
+        for pair in args.option:
+            target, sep, value = pair.partition("=")
+            method, dot, key = target.rpartition(".")
+            if not sep or not dot or method not in by_name:
+                raise ConfigError(f"--option {pair!r} must look like METHOD.KEY=VALUE with METHOD one of the run's "
+                                  f"methods ({', '.join(by_name) or 'none'})")
+            by_name[method]["options"][key] = value
+    if args.calibration is not None:
+        data["calibration"]["source"] = args.calibration
+    if args.calibration_samples is not None:
+        data["calibration"]["samples"] = args.calibration_samples
+    if args.eval:
+        data["eval"] = {**data["eval"], **_eval_pairs(args.eval)}
+    return plans.from_dict(data, where="run flags")

@@ -1,0 +1,219 @@
+"""What one cell of a run does, in whichever process an executor gives it (the driver, or a Ray worker on any node).
+
+A cell is a plain function of picklable arguments: it reads artifacts from the run's storage (verified by hash),
+writes new ones there, and returns a small JSON-able record. Nothing here knows which executor runs it.
+Rows carry the id of the process that measured them, so a speed-up is only called same-process when it is.
+"""
+from __future__ import annotations
+
+import functools
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import evaluation, exporters, quantization, runtimes
+from .artifact import Artifact
+from .benchmarking import (LatencyScenario, RssSampler, ThroughputScenario, benchmark_case, measure_concurrent,
+                           measure_timings, throughput_runner)
+from .benchmarking.generation import GenerationScenario, generates, measure_generation
+from .calibration import CalibrationSource
+from .errors import QdeployError
+from .machine import describe
+from .models import ModelSource
+from .plan import Plan
+from .storage import Storage
+
+SESSION = uuid.uuid4().hex[:12]  # this process: rows measured here share it
+BASELINE = "pytorch-fp32"
+FP32_VARIANTS = {"onnx": "onnx-fp32", "openvino": "openvino-fp32"}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a cell needs, sent to every worker. `key` names the run for the per-process caches."""
+    key: str
+    plan: Plan
+    source: ModelSource
+    storage: Storage
+    metrics: tuple[str, ...]
+    max_positions: int | None
+    parallel: bool = False  # a Ray executor: methods may fan their own work out as tasks
+
+
+def variant_record(artifact: Artifact) -> dict[str, Any]:
+    method = artifact.manifest.method or {}
+    return {"name": artifact.name, "format": artifact.format, "precision": artifact.precision,
+            "method": method.get("name"), "config": method.get("config"), "parent": artifact.manifest.parent,
+            "size_mb": artifact.size_mb(), "notes": artifact.manifest.notes}
+
+
+def timed(fn):
+    """Each cell records how long it took where it ran (benchmarks/ray_scaling.py models a cluster from these)."""
+    @functools.wraps(fn)
+    def cell(*args, **kwargs) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        result = fn(*args, **kwargs)
+        return {**result, "elapsed_s": round(time.perf_counter() - t0, 3)}
+
+    return cell
+
+
+def _skipped(exc: QdeployError) -> dict[str, Any]:
+    return {"skipped": str(exc), "session": SESSION}
+
+
+@timed
+def export_cell(run: RunContext, fmt: str) -> dict[str, Any]:
+    name = FP32_VARIANTS[fmt]
+    artifact = run.storage.existing(name)  # a retried cell whose first attempt finished the artifact
+    if artifact is None:
+        artifact = exporters.export(run.source, run.plan.task, fmt, run.storage.build_path(name),
+                                    trust_remote_code=run.plan.trust_remote_code)
+        run.storage.publish(name)
+    return {"variant": variant_record(artifact), "session": SESSION}
+
+
+@timed
+def quantize_cell(run: RunContext, variant: str, method: str, config: Any) -> dict[str, Any]:
+    try:
+        artifact = run.storage.existing(variant)
+        if artifact is None:
+            parent = run.storage.fetch(FP32_VARIANTS[quantization.method(method).input_format])
+            cal = run.plan.calibration
+            calibration = CalibrationSource(cal.source, cal.samples, cal.seed, cal.max_length, cal.batch_size)
+            parallel_map = None
+            if run.parallel:
+                from .executors.ray_cluster import map_on_this_node as parallel_map
+            artifact = quantization.quantize(parent, config, run.storage.build_path(variant), calibration,
+                                             parallel_map=parallel_map)
+            run.storage.publish(variant)
+    except QdeployError as exc:
+        return _skipped(exc)
+    return {"variant": variant_record(artifact), "session": SESSION}
+
+
+class _Shared:
+    """What every cell of a run builds the same way in one process: tokenizer, inputs, the baseline."""
+
+    def __init__(self, run: RunContext):
+        from transformers import AutoTokenizer
+
+        from .pipeline import baseline_artifact
+        from .tasks import architecture, for_generation, model_inputs
+        from .tasks import task as get_task
+
+        plan = run.plan
+        self.artifacts: dict[str, Artifact] = {}
+        self.tokenizer = AutoTokenizer.from_pretrained(str(run.source.path))
+        input_names = model_inputs(architecture(run.source.model_type), self.tokenizer)
+        generative = get_task(plan.task).generative
+        if generative:
+            for_generation(self.tokenizer)
+        self.baseline = baseline_artifact(run.source, plan.task, input_names, plan.trust_remote_code,
+                                          int(self.tokenizer.pad_token_id or 0))
+        # A decoder computes its own positions from the mask; what is fed per request is what a tokenizer gives.
+        self.feed_names = ["input_ids", "attention_mask"] if generative else input_names
+        self.inputs = {b: benchmark_case(self.tokenizer, self.feed_names, b, plan.seq_len,
+                                         max_positions=run.max_positions) for b in plan.batch_sizes}
+
+
+_SHARED: dict[str, _Shared] = {}
+
+
+def _shared(run: RunContext) -> _Shared:
+    if run.key not in _SHARED:
+        _SHARED.clear()  # one run at a time per process; a worker reused for the next run starts afresh
+        _SHARED[run.key] = _Shared(run)
+    return _SHARED[run.key]
+
+
+def _artifact(run: RunContext, name: str) -> Artifact:
+    shared = _shared(run)
+    if name == BASELINE:
+        return shared.baseline
+    if name not in shared.artifacts:  # verified by hash once per process, not once per cell
+        shared.artifacts[name] = run.storage.fetch(name)
+    return shared.artifacts[name]
+
+
+def _threads(run: RunContext, cpus: int | None) -> int:
+    return run.plan.threads or cpus or describe()["cores_physical"] or 1
+
+
+@timed
+def quality_cell(run: RunContext, name: str, runtime: str, cpus: int | None,
+                 baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The quality of one variant on one runtime. The baseline's cell returns its raw outputs as `references`;
+    a variant's cell is given that result, for the metrics that compare outputs with fp32."""
+    try:
+        shared = _shared(run)
+        ctx = evaluation.EvalContext(shared.tokenizer, shared.feed_names, max_positions=run.max_positions)
+        ctx.reference.update((baseline or {}).get("references") or {})
+        session = runtimes.load(_artifact(run, name), runtime, _threads(run, cpus))
+        qualities, raws = [], {}
+        for metric_name in run.metrics:
+            value, raw = evaluation.metric(metric_name).evaluate(session, ctx, run.plan.eval.get(metric_name))
+            if name == BASELINE and raw is not None:
+                raws[metric_name] = np.asarray(raw)
+            qualities.append({"metric": metric_name, "value": round(value, 6)})
+    except QdeployError as exc:
+        return _skipped(exc)
+    return {"qualities": qualities, "references": raws, "session": SESSION}
+
+
+@timed
+def bench_cell(run: RunContext, name: str, runtime: str, cpus: int | None) -> dict[str, Any]:
+    """Latency (and generation, throughput) of one variant on one runtime, on a machine no other cell shares."""
+    plan = run.plan
+    try:
+        shared = _shared(run)
+        artifact = _artifact(run, name)
+        threads = _threads(run, cpus)
+        scenario = LatencyScenario(warmup=plan.warmup, min_reps=plan.min_reps, min_time_s=plan.min_time_s)
+        generation = GenerationScenario(prompt_len=plan.seq_len, new_tokens=plan.new_tokens,
+                                        batch_sizes=tuple(plan.batch_sizes), min_time_s=plan.min_time_s)
+        rows = _bench(artifact, name, runtime, threads, shared.inputs, scenario, plan, generation)
+    except QdeployError as exc:
+        return _skipped(exc)
+    return {"rows": rows, "session": SESSION, "machine": describe(), "threads": threads}
+
+
+def _bench(artifact, name, runtime, threads, inputs, scenario, plan: Plan, generation) -> list[dict]:
+    with RssSampler() as memory:
+        t0 = time.perf_counter()
+        session = runtimes.load(artifact, runtime, threads)
+        load_s = time.perf_counter() - t0
+        generated = {}
+        if generates(session):
+            prompts = {b: inputs[b].inputs for b in plan.batch_sizes}
+            generated = {r["batch"]: r for r in measure_generation(session, prompts, generation)}
+        timed = {b: measure_timings(session, inputs[b], scenario, plan.timing) for b in plan.batch_sizes}
+        measurements = [timed[b]["model"] for b in plan.batch_sizes]
+        settings = getattr(session, "settings", None)
+        runner = throughput_runner(session, plan.throughput_streams)  # the runtime's own async queue, if it has one
+        del session
+        throughput = {}
+        if plan.throughput_streams:
+            streams = plan.throughput_streams
+            concurrent = ThroughputScenario(streams=streams, min_requests=plan.min_reps, min_time_s=plan.min_time_s)
+            throughput = measure_concurrent(
+                runner, lambda: runtimes.load(artifact, runtime, max(1, threads // streams)),
+                {b: inputs[b].inputs for b in plan.batch_sizes}, concurrent)
+            del runner
+    size = artifact.size_mb() if artifact.format != "pytorch" else _weights_mb(artifact)
+    return [{
+        "variant": name, "runtime": runtime, "format": artifact.format, "precision": artifact.precision,
+        "batch": m.batch, "seq_len": m.seq_len, "latency_ms": m.latency_ms, "throughput_per_s": m.throughput_per_s,
+        "size_mb": size, "peak_rss_mb": round(memory.peak_mb, 1), "rss_delta_mb": memory.delta_mb,
+        "load_s": round(load_s, 3), "iterations": m.iterations, "cv": m.cv, "noisy": m.noisy, "what": m.what,
+        "timings": {t: x.record() for t, x in timed[m.batch].items() if t != "model"},
+        "concurrent": throughput.get(m.batch), "generation": generated.get(m.batch), "runtime_settings": settings,
+    } for m in measurements]
+
+
+def _weights_mb(artifact: Artifact) -> float:
+    files = list(artifact.directory.glob("*.safetensors")) or list(artifact.directory.glob("pytorch_model*.bin"))
+    return round(sum(f.stat().st_size for f in files) / 2**20, 2)
