@@ -211,3 +211,14 @@ def test_unreachable_cluster_is_one_clear_error(tmp_path):
     err = proc.stderr.strip()
     assert proc.returncode == 2 and "no Ray cluster answers at 127.0.0.1:1" in err, err
     assert len(err.splitlines()) == 1, err
+
+
+def test_run_flags_map_onto_the_plan_keys():
+    from qdeploy.cli import build_parser
+    from qdeploy.cli_run import _plan_from_args
+
+    args = build_parser().parse_args(["run", "--executor", "ray", "--address", "head:6379", "--storage",
+                                      "s3://bucket/runs", "--retries", "1"])
+    plan = _plan_from_args(args)
+    assert (plan.executor, plan.address, plan.storage, plan.retries) == ("ray", "head:6379", "s3://bucket/runs", 1)
+    assert plans.from_dict(plan.to_dict()) == plan

@@ -147,6 +147,7 @@ def test_sampling_is_seeded(bart, tokenizer):
         session.generate(batch["input_ids"], None, 4, do_sample=True, temperature=0)
 
 
+@pytest.mark.slow  # 70 s: a random model generates to the length limit for every sentence and article
 def test_bleu_and_rouge_are_equal_on_torch_and_ort(bart, tokenizer):
     ctx = evaluation.EvalContext(tokenizer, ["input_ids", "attention_mask"], batch_size=4, max_positions=128)
     bleu = {rt: translation_scores(bart[rt], ctx, f"{WMT_EN},{WMT_RO}:6") for rt in ("torch", "ort-cpu")}
