@@ -33,7 +33,7 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("method", tuple(f"qdeploy.quantization.{m}" for m in (
-    "auto", "fp16", "fp8", "nncf_auto", "nncf_methods", "ort_methods", "outlier", "precision",
+    "auto", "fp16", "fp8", "nncf_auto", "nncf_methods", "ort_methods", "outlier", "precision", "qat",
     "weight_only")))
 _BY_CONFIG: dict[type, Method] = {}
 

@@ -1,0 +1,120 @@
+"""Quantization-aware training on the real SST-2 classifier: a short fine-tune that lowers the loss and does not fall
+below post-training int8 of the same scheme; one fine-tune shared by the ONNX and OpenVINO artifacts; bad data
+refused before any long work. (The first QAT test compiles NNCF's CPU extension, about a minute, once per machine.)"""
+import dataclasses
+import re
+import shutil
+
+import onnx
+import pytest
+
+from qdeploy import quantization
+from qdeploy.artifact import Artifact
+from qdeploy.calibration import CalibrationSource
+from qdeploy.errors import ConfigError, InputError
+from qdeploy.quantization.qat_train import TrainingData
+
+from .conftest import SHARED, SST2_DEV
+from .test_quantization import _accuracy
+
+TRAIN = SHARED / "data" / "sst2" / "train-sample.tsv"
+CALIBRATION = CalibrationSource(str(TRAIN), samples=32)
+
+
+def _probe_loss(artifact) -> tuple[float, float]:
+    note = next(n for n in artifact.manifest.notes if n.startswith("fine-tuned"))
+    before, after = re.search(r"fixed training rows ([\d.]+) -> ([\d.]+)", note).groups()
+    return float(before), float(after)
+
+
+def test_options_are_typed_and_checked():
+    config = quantization.make_config("qat", {"train": str(TRAIN), "steps": "30", "distill": "true",
+                                              "scheme": "w8a8-all", "freeze_after": "10"})
+    assert (config.steps, config.distill, config.freeze_after) == (30, True, 10)
+    assert type(quantization.make_config("nncf-qat")).__name__ == "NncfQat"
+    with pytest.raises(ConfigError, match="must be one of w8a8, w8a8-per-tensor, w8a8-all"):
+        quantization.make_config("qat", {"scheme": "w4a8"})
+    with pytest.raises(ConfigError, match="steps must not be negative"):
+        quantization.make_config("qat", {"steps": -1})
+    with pytest.raises(ConfigError, match="unknown option.*learning_rate"):
+        quantization.make_config("qat", {"learning_rate": 1e-4})
+
+
+def test_training_rows_stream_in_a_seeded_order(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(f'{{"text": "row {i}", "label": {i % 2}}}\n' for i in range(10)) + '{"text": ""}\n')
+    data = TrainingData.open(str(path))
+    assert (data.text_column, data.label_column, data.count()) == ("text", "label", 10)
+    first = list(data.shuffled(seed=1))
+    assert sorted(first) == sorted(data.rows()) and first == list(data.shuffled(seed=1))
+    assert first != list(data.shuffled(seed=2))
+    batches = data.batches(batch_size=4, seed=1)
+    sizes = [len(next(batches)) for _ in range(4)]
+    assert sizes == [4, 4, 2, 4]  # epoch after epoch, the last batch of each epoch short
+
+
+@pytest.mark.parametrize("content,options,error,message", [
+    (None, {}, InputError, "does not exist"),
+    ("", {}, InputError, "holds no rows"),
+    ("sentence\tscore\nfine\t1\n", {}, InputError, "needs a label column"),
+    ("sentence\tlabel\nfine\tpositive\n", {}, InputError, "expected an integer class id"),
+    ("sentence\tlabel\nfine\t1\n", {"text_column": "review"}, InputError, "no column 'review'"),
+    ("sentence\tlabel\nfine\t1\n", {"eval": "missing.tsv"}, InputError, "does not exist"),
+])
+def test_bad_training_data_is_refused_before_any_work(content, options, error, message, sst2_onnx, tmp_path):
+    train = tmp_path / "train.tsv"
+    if content is not None:
+        train.write_text(content)
+    config = quantization.make_config("qat", {"train": str(train), **options})
+    with pytest.raises(error, match=message):
+        quantization.quantize(sst2_onnx, config, tmp_path / "q", CALIBRATION)
+    assert not (tmp_path / "q").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_unreachable_source_model_is_a_clear_error(sst2_onnx, tmp_path):
+    source = {**sst2_onnx.manifest.source, "path": str(tmp_path / "gone")}
+    parent = Artifact(sst2_onnx.directory, dataclasses.replace(sst2_onnx.manifest, source=source))
+    with pytest.raises(InputError, match="not reachable"):
+        quantization.quantize(parent, quantization.make_config("qat", {"steps": 0}), tmp_path / "q", CALIBRATION)
+
+
+def test_short_fine_tune_lowers_the_loss_and_keeps_up_with_post_training(sst2_onnx, tmp_path):
+    """The harsh scheme (every operator int8), where post-training int8 loses about 10 points: 30 steps of
+    distillation already lower the loss and do not fall below the post-training start on all of SST-2 dev."""
+    common = {"train": str(TRAIN), "scheme": "w8a8-all"}
+    ptq = quantization.quantize(sst2_onnx, quantization.make_config("qat", {**common, "steps": 0}),
+                                tmp_path / "ptq", CALIBRATION)
+    qat = quantization.quantize(sst2_onnx, quantization.make_config(
+        "qat", {**common, "steps": 30, "lr": 1e-4, "distill": True}), tmp_path / "qat", CALIBRATION)
+    Artifact.load(qat.directory, verify=True)
+    assert qat.manifest.method["name"] == "qat" and qat.manifest.precision == "int8"
+    assert any(n.startswith("validated on ort-cpu") for n in qat.manifest.notes)
+    before, after = _probe_loss(qat)
+    assert after < 0.8 * before
+    assert _accuracy(qat, "ort-cpu", SST2_DEV) >= _accuracy(ptq, "ort-cpu", SST2_DEV)
+
+
+def test_one_fine_tune_serves_onnx_and_openvino(sst2_onnx, sst2_openvino, tmp_path):
+    """As in a run directory, both parents side by side: the second format reuses the first one's model."""
+    parents = {}
+    for artifact in (sst2_onnx, sst2_openvino):
+        shutil.copytree(artifact.directory, tmp_path / "artifacts" / artifact.format)
+        parents[artifact.format] = Artifact.load(tmp_path / "artifacts" / artifact.format)
+    options = {"steps": 0}
+    onnx_int8 = quantization.quantize(parents["onnx"], quantization.make_config("qat", options),
+                                      tmp_path / "artifacts" / "qat", CALIBRATION)
+    ov_int8 = quantization.quantize(parents["openvino"], quantization.make_config("nncf-qat", options),
+                                    tmp_path / "artifacts" / "nncf-qat", CALIBRATION)
+    assert any("cached in .qat-cache" in n for n in onnx_int8.manifest.notes)
+    assert any("reused from .qat-cache" in n for n in ov_int8.manifest.notes)
+    assert any(n.startswith("validated on openvino-cpu") for n in ov_int8.manifest.notes)
+    for artifact, parent in ((onnx_int8, parents["onnx"]), (ov_int8, parents["openvino"])):
+        Artifact.load(artifact.directory, verify=True)
+        assert artifact.size_mb() < 0.3 * parent.size_mb()  # int8 weights, not fp32 ones beside QDQ nodes
+    graph = onnx.load(str(onnx_int8.model_path)).graph
+    int8 = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    weights = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8}
+    fed = [n for n in graph.node if n.op_type == "MatMul" and weights & set(n.input)]
+    assert len(int8) == 41 and len(fed) == 36  # 3 embedding tables, 38 Linear layers; 36 of them MatMul, 2 Gemm
+    assert abs(_accuracy(onnx_int8, "ort-cpu", SST2_DEV) - 0.8865) <= 0.01
