@@ -108,7 +108,7 @@ def test_progress_reports_samples_per_second():
 def _methods():
     """Every registered method; those over ~15 s here run in the slow suite."""
     slow = {"smoothquant", "nncf-smoothquant", "nncf-outlier", "nncf-fp8", "nncf-weight-int4", "auto", "nncf-auto",
-            "fp16"}
+            "fp16", "qat", "nncf-qat"}
     return [pytest.param(m, marks=pytest.mark.slow) if m in slow else m for m in quantization.names()]
 
 
@@ -120,6 +120,8 @@ def test_no_method_writes_to_the_working_directory(method, sst2_onnx, sst2_openv
     the_method = quantization.method(method)
     parent = sst2_onnx if the_method.input_format == "onnx" else sst2_openvino
     options = {"eval": str(SST2_DEV), "tolerance": 1.0} if method in ("auto", "nncf-auto") else {}
+    if method in ("qat", "nncf-qat"):
+        options = {"train": str(TRAIN), "steps": 2}
     try:
         artifact = quantization.quantize(parent, quantization.make_config(method, options), tmp_path / "out",
                                          CalibrationSource(str(TRAIN), samples=8))
