@@ -37,6 +37,9 @@ from . import register
 from .qat_export import export, quantizers, validate
 from .qat_train import PROBE_ROWS, Plan, TrainingData, fine_tune, task_loss
 
+# NNCF compiles its CPU extension on first use and gives up after 60 s by default: on 2 busy cores the compile took
+# longer and the fresh-clone test failed with a load timeout. A user's own setting wins.
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
 CACHE_DIR = ".qat-cache"
 CACHE_FORMAT = 1  # raise when what a cached fine-tune holds, or how it is made, changes
 # NNCF's quantization schemes, as (model type, per-channel weights, what they quantize):
