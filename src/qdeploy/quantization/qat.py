@@ -315,6 +315,19 @@ def fine_tuned(parent: Artifact, config: Qat, calibration, ctx) -> Trained:
 
 def _build(parent: Artifact, config: Qat, calibration, target: Path, ctx, fmt: str, runtime: str,
            runtime_config: dict):
+    from nncf.torch.extensions import ExtensionLoaderTimeoutException
+
+    try:  # a compile killed by its timeout leaves a lock that blocks every later one: say how to clear it
+        return _fine_tune_and_export(parent, config, calibration, target, ctx, fmt, runtime, runtime_config)
+    except ExtensionLoaderTimeoutException as exc:
+        stale = next((line.strip() for line in str(exc).splitlines() if "rm -rf" in line), "")
+        raise UnsupportedError(f"qat: NNCF's C++ quantizer kernels did not compile and load within "
+                               f"NNCF_EXTENSION_LOAD_TIMEOUT={os.environ.get('NNCF_EXTENSION_LOAD_TIMEOUT')} s; raise "
+                               f"it, or remove a stale build lock ({stale})") from None
+
+
+def _fine_tune_and_export(parent: Artifact, config: Qat, calibration, target: Path, ctx, fmt: str, runtime: str,
+                          runtime_config: dict):
     from ..exporters import validation_batches
     from ..tasks import architecture, task
 
@@ -325,10 +338,10 @@ def _build(parent: Artifact, config: Qat, calibration, target: Path, ctx, fmt: s
         calibration.batches(ctx.tokenizer, input_names, stop=min(8, calibration.batch_count())))
     ctx.progress(f"qat: exporting to {fmt}")
     model_file = export(trained.student, trained.teacher, fmt, batches, input_names, output_names, target,
-                         architecture(parent.manifest.source.get("model_type", "bert")).opset)
+                        architecture(parent.manifest.source.get("model_type", "bert")).opset)
     ctx.progress(f"qat: validating the {fmt} graph")
     check = validate(parent, target, model_file, fmt, runtime, runtime_config, trained.student, batches,
-                      output_names)
+                     output_names)
     return model_file, "int8", runtime_config, [*trained.notes, check]
 
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from ..artifact import Artifact, Manifest
 from ..errors import ExportValidationError
+from ..exporters import FORMATS
 
-ONNX_FILE, OPENVINO_FILE = "model.onnx", "openvino_model.xml"
 # Two int8 implementations of one network never agree exactly (see _noise_floor). Measured against the floor on
 # MiniLM: ONNX Runtime about 1.2x it, OpenVINO up to 3.2x (its int8 kernels round in other places) with every
 # operator quantized; a misplaced or mis-scaled quantizer is off by more than that.
@@ -101,28 +101,14 @@ def export(student, teacher, fmt: str, batches, input_names, output_names, targe
         with _quantizer_inputs(student, eager):
             wrapped(*example)
         with _quantizer_inputs(student, traced):
-            if fmt == "onnx":
-                axes = {name: {0: "batch", 1: "sequence"} for name in [*input_names, *output_names]}
-                torch.onnx.export(wrapped, example, str(target / ONNX_FILE), input_names=input_names,
-                                  output_names=output_names, dynamic_axes=axes, opset_version=opset, dynamo=False,
-                                  do_constant_folding=True)
-            else:
-                import openvino as ov
-
-                model = ov.convert_model(wrapped, example_input=example)
-                for port, name in zip(model.inputs, input_names):
-                    port.get_tensor().set_names({name})
-                for port, name in zip(model.outputs, output_names):
-                    port.get_tensor().set_names({name})
-                ov.save_model(model, str(target / OPENVINO_FILE), compress_to_fp16=False)
+            model_file, _ = FORMATS.get(fmt).write(wrapped, example, input_names, output_names, target, opset)
     moved = [e[0] for e, t in zip(eager, traced) if e != t]
     if len(eager) != len(traced[:len(eager)]) or moved:
         raise ExportValidationError(f"{fmt} export of the QAT model: quantizers see other tensors when traced than "
                                     f"when run ({moved[0] if moved else 'count differs'}); the graph is not faithful")
     if fmt == "onnx":
-        _fold_weights(target / ONNX_FILE)
-        return ONNX_FILE
-    return OPENVINO_FILE
+        _fold_weights(target / model_file)
+    return model_file
 
 
 def _fold_weights(path: Path) -> None:
