@@ -38,6 +38,8 @@ def test_options_are_typed_and_checked():
         quantization.make_config("qat", {"steps": -1})
     with pytest.raises(ConfigError, match="unknown option.*learning_rate"):
         quantization.make_config("qat", {"learning_rate": 1e-4})
+    with pytest.raises(ConfigError, match="not both"):
+        quantization.make_config("qat", {"holdout": 100, "eval": "dev.tsv"})
 
 
 def test_training_rows_stream_in_a_seeded_order(tmp_path):
@@ -51,6 +53,12 @@ def test_training_rows_stream_in_a_seeded_order(tmp_path):
     batches = data.batches(batch_size=4, seed=1)
     sizes = [len(next(batches)) for _ in range(4)]
     assert sizes == [4, 4, 2, 4]  # epoch after epoch, the last batch of each epoch short
+    train, held = data.hold_out(3, seed=1)
+    assert len(held) == 3 and train.count() == 7 and sorted([*train.rows(), *held]) == sorted(data.rows())
+    assert held == data.hold_out(3, seed=1)[1] and held != data.hold_out(3, seed=2)[1]
+    assert not set(held) & set(train.shuffled(seed=5))
+    with pytest.raises(ConfigError, match="holdout=10 leaves nothing to train on"):
+        data.hold_out(10, seed=1)
 
 
 @pytest.mark.parametrize("content,options,error,message", [
@@ -60,6 +68,8 @@ def test_training_rows_stream_in_a_seeded_order(tmp_path):
     ("sentence\tlabel\nfine\tpositive\n", {}, InputError, "expected an integer class id"),
     ("sentence\tlabel\nfine\t1\n", {"text_column": "review"}, InputError, "no column 'review'"),
     ("sentence\tlabel\nfine\t1\n", {"eval": "missing.tsv"}, InputError, "does not exist"),
+    ("sentence\nfine\n", {"holdout": 1, "distill": True}, ConfigError, "holdout=N .* needs .* a label column"),
+    ("sentence\tlabel\nfine\t1\n", {"holdout": 1}, ConfigError, "holdout=1 leaves nothing to train on"),
 ])
 def test_bad_training_data_is_refused_before_any_work(content, options, error, message, sst2_onnx, tmp_path):
     train = tmp_path / "train.tsv"

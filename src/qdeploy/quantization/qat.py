@@ -70,6 +70,7 @@ class Qat:
     freeze_after: int | None = None  # steps after which the quantizer ranges stop learning
     time_budget_s: float = 3600.0
     eval: str = ""  # evaluation data for the metric: the best state by it is kept (the untrained start included)
+    holdout: int = 0  # instead of eval: this many training rows (drawn by seed) left out and scored by accuracy
     metric: str = ""  # default: accuracy for text-classification, stsb for feature-extraction
     eval_every: int = 50
     scheme: Literal["w8a8", "w8a8-per-tensor", "w8a8-all"] = "w8a8"
@@ -80,12 +81,15 @@ class Qat:
         for name in ("batch_size", "max_length", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"qat {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("steps", "freeze_after"):
+        for name in ("steps", "freeze_after", "holdout"):
             if (getattr(self, name) or 0) < 0:
                 raise ConfigError(f"qat {name} must not be negative, got {getattr(self, name)}")
         bad_range_lr = self.range_lr is not None and self.range_lr <= 0
         if self.epochs < 0 or self.lr <= 0 or bad_range_lr or self.time_budget_s <= 0 or not 0 <= self.warmup < 1:
             raise ConfigError("qat needs epochs >= 0, lr and range_lr > 0, time_budget_s > 0 and 0 <= warmup < 1")
+        if self.holdout and (self.eval or self.metric not in ("", "accuracy")):
+            raise ConfigError("qat chooses the best state on eval=PATH or on holdout=N training rows (by accuracy), "
+                              "not both")
 
 
 @dataclass(frozen=True)
@@ -238,14 +242,22 @@ def _training(parent, config: Qat, ctx, input_names, output_names):
     # Embeddings learn from the fp32 model's; a classifier from its labels unless told to distill.
     distill = parent.manifest.task == "feature-extraction" if config.distill is None else config.distill
     loss = task_loss(parent.manifest.task, distill, data.label_column is not None)
+    held: list = []
+    if config.holdout:
+        if parent.manifest.task != "text-classification" or data.label_column is None:
+            raise ConfigError("qat holdout=N scores held-out training rows by accuracy: it needs a "
+                              "text-classification model and a label column (otherwise give eval=PATH)")
+        data, held = data.hold_out(config.holdout, config.seed)
     rows = data.count()  # one streamed pass: every label is parsed before the model is even loaded
     steps = config.steps if config.steps is not None else math.ceil(config.epochs * rows / config.batch_size)
-    evaluate, sign, metric_name = None, 1.0, ""
-    if config.eval:
-        metric_name, metric, path = evaluation_target(parent, config.metric, config.eval, "qat")
+    sign, metric_name, scorer, eval_path = 1.0, "", None, None
+    if config.eval or held:
+        metric_name, metric, eval_path = evaluation_target(parent, config.metric, config.eval, "qat") \
+            if config.eval else ("accuracy", evaluation.metric("accuracy"), None)
         sign = 1.0 if metric.higher_is_better else -1.0
         eval_ctx = evaluation.EvalContext(ctx.tokenizer, list(input_names))
-        evaluate = lambda model: sign * metric.evaluate(_TorchSession(model, output_names), eval_ctx, path)[0]
+        scorer = lambda path: lambda model: sign * metric.evaluate(
+            _TorchSession(model, output_names), eval_ctx, path)[0]
 
     def encode(texts):
         enc = ctx.tokenizer(texts, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt")
@@ -255,9 +267,18 @@ def _training(parent, config: Qat, ctx, input_names, output_names):
                 int(config.warmup * steps), config.freeze_after, config.time_budget_s, config.eval_every, distill)
 
     def run(teacher, student) -> dict:
-        ctx.progress(f"qat: fine-tuning {steps} steps of {config.batch_size} ({rows} training rows)")
+        ctx.progress(f"qat: fine-tuning {steps} steps of {config.batch_size} ({rows} training rows"
+                     + (f", {len(held)} held out)" if held else ")"))
         quantizer_params = lambda: [p for _, q in quantizers(student) for p in q.parameters()]
-        summary = fine_tune(student, teacher, data, plan, encode, loss, quantizer_params, evaluate, ctx.progress)
+        with tempfile.TemporaryDirectory(prefix="qdeploy-holdout-") as tmp:
+            path = eval_path
+            if held:  # the metric reads a file: the held-out rows as one, for the fine-tune's duration
+                path = Path(tmp) / "holdout.jsonl"
+                path.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in held),
+                                encoding="utf-8")
+            evaluate = scorer(path) if scorer else None
+            summary = fine_tune(student, teacher, data, plan, encode, loss, quantizer_params, evaluate,
+                                ctx.progress)
         return {**summary.to_dict(), "rows": rows, "loss": "distillation" if distill else "cross-entropy",
                 "metric": metric_name, "sign": sign}
 
@@ -279,7 +300,7 @@ def _training_notes(config: Qat, s: dict) -> list[str]:
         notes.append(f"quantizer ranges frozen after step {s['frozen_at']}")
     if s["evals"]:
         values = {step: s["sign"] * value for step, value in s["evals"]}
-        notes.append(f"{s['metric']} on {config.eval}: step 0 (post-training) {values[0]:.4f}, kept step "
+        notes.append(f"{s['metric']} on {config.eval or f'{config.holdout} held-out training rows'}: step 0 (post-training) {values[0]:.4f}, kept step "
                      f"{s['best_step']} ({values[s['best_step']]:.4f}); by step: "
                      + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
     return notes

@@ -27,6 +27,7 @@ class TrainingData:
     path: Path
     text_column: str
     label_column: str | None
+    skip: frozenset[int] = frozenset()  # positions (among the rows with text) held out of training
 
     @classmethod
     def open(cls, path: str, text_column: str = "", label_column: str = "") -> "TrainingData":
@@ -44,6 +45,21 @@ class TrainingData:
         return cls(Path(path), text, label)
 
     def rows(self) -> Iterator[tuple[str, int | None]]:
+        for position, row in enumerate(self._rows()):
+            if position not in self.skip:
+                yield row
+
+    def hold_out(self, count: int, seed: int) -> tuple["TrainingData", list[tuple[str, int | None]]]:
+        """`count` rows drawn by `seed`, and this data without them (for choosing the best state on text the
+        fine-tune never saw, rather than on the test set)."""
+        total = sum(1 for _ in self._rows())
+        if count >= total:
+            raise ConfigError(f"qat holdout={count} leaves nothing to train on: {self.path} holds {total} rows")
+        chosen = frozenset(random.Random(seed).sample(range(total), count))
+        held = [row for position, row in enumerate(self._rows()) if position in chosen]
+        return TrainingData(self.path, self.text_column, self.label_column, chosen), held
+
+    def _rows(self) -> Iterator[tuple[str, int | None]]:
         columns = [c for c in (self.text_column, self.label_column) if c]
         for number, row in enumerate(iter_rows(self.path, columns), 2):
             text = row.get(self.text_column)
