@@ -12,7 +12,7 @@ from qdeploy import quantization
 from qdeploy.artifact import Artifact
 from qdeploy.calibration import CalibrationSource
 from qdeploy.errors import ConfigError, InputError
-from qdeploy.quantization.qat_train import TrainingData
+from qdeploy.quantization.qat_train import TrainingData, task_loss
 
 from .conftest import SHARED, SST2_DEV
 from .test_quantization import _accuracy
@@ -61,6 +61,22 @@ def test_training_rows_stream_in_a_seeded_order(tmp_path):
         data.hold_out(10, seed=1)
 
 
+def test_distillation_can_add_the_labels():
+    import torch
+
+    torch.manual_seed(0)
+    states = [torch.randn(2, 3, 4) for _ in range(2)]
+    student = {"hidden_states": [s + 0.1 for s in states], "logits": torch.tensor([[2.0, -1.0], [0.5, 0.0]])}
+    teacher = {"hidden_states": states, "logits": torch.tensor([[1.5, -1.0], [0.0, 0.5]])}
+    labels, mask = torch.tensor([1, 1]), torch.ones(2, 3)
+    plain, options = task_loss("text-classification", True, True)
+    both, _ = task_loss("text-classification", True, True, label_weight=0.5)
+    cross_entropy = torch.nn.functional.cross_entropy(student["logits"], labels)
+    assert options == {"output_hidden_states": True}
+    assert both(student, teacher, labels, mask) == pytest.approx(
+        float(plain(student, teacher, labels, mask) + 0.5 * cross_entropy))
+
+
 @pytest.mark.parametrize("content,options,error,message", [
     (None, {}, InputError, "does not exist"),
     ("", {}, InputError, "holds no rows"),
@@ -70,6 +86,7 @@ def test_training_rows_stream_in_a_seeded_order(tmp_path):
     ("sentence\tlabel\nfine\t1\n", {"eval": "missing.tsv"}, InputError, "does not exist"),
     ("sentence\nfine\n", {"holdout": 1, "distill": True}, ConfigError, "holdout=N .* needs .* a label column"),
     ("sentence\tlabel\nfine\t1\n", {"holdout": 1}, ConfigError, "holdout=1 leaves nothing to train on"),
+    ("sentence\tlabel\nfine\t1\n", {"label_weight": 1.0}, ConfigError, "label_weight .* needs distill=true"),
 ])
 def test_bad_training_data_is_refused_before_any_work(content, options, error, message, sst2_onnx, tmp_path):
     train = tmp_path / "train.tsv"

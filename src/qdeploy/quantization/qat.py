@@ -75,13 +75,14 @@ class Qat:
     eval_every: int = 50
     scheme: Literal["w8a8", "w8a8-per-tensor", "w8a8-all"] = "w8a8"
     distill: bool | None = None  # learn the fp32 model's outputs; None: for feature-extraction (classifiers: labels)
+    label_weight: float = 0.0  # with distill on a classifier: add this times the labels' cross-entropy
     reduce_range: bool | None = None  # 7-bit weights; None: when the CPU lacks VNNI (as ort-static)
 
     def __post_init__(self):
         for name in ("batch_size", "max_length", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"qat {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("steps", "freeze_after", "holdout"):
+        for name in ("steps", "freeze_after", "holdout", "label_weight"):
             if (getattr(self, name) or 0) < 0:
                 raise ConfigError(f"qat {name} must not be negative, got {getattr(self, name)}")
         bad_range_lr = self.range_lr is not None and self.range_lr <= 0
@@ -241,7 +242,10 @@ def _training(parent, config: Qat, ctx, input_names, output_names):
     data = TrainingData.open(config.train, config.text_column, config.label_column)
     # Embeddings learn from the fp32 model's; a classifier from its labels unless told to distill.
     distill = parent.manifest.task == "feature-extraction" if config.distill is None else config.distill
-    loss = task_loss(parent.manifest.task, distill, data.label_column is not None)
+    if config.label_weight and not (distill and data.label_column and parent.manifest.task == "text-classification"):
+        raise ConfigError("qat label_weight adds the labels' cross-entropy to distillation: it needs distill=true, "
+                          "a text-classification model and a label column")
+    loss = task_loss(parent.manifest.task, distill, data.label_column is not None, config.label_weight)
     held: list = []
     if config.holdout:
         if parent.manifest.task != "text-classification" or data.label_column is None:
@@ -279,8 +283,9 @@ def _training(parent, config: Qat, ctx, input_names, output_names):
             evaluate = scorer(path) if scorer else None
             summary = fine_tune(student, teacher, data, plan, encode, loss, quantizer_params, evaluate,
                                 ctx.progress)
-        return {**summary.to_dict(), "rows": rows, "loss": "distillation" if distill else "cross-entropy",
-                "metric": metric_name, "sign": sign}
+        loss_name = "cross-entropy" if not distill else "distillation" + (
+            f" + {config.label_weight:g} x label cross-entropy" if config.label_weight else "")
+        return {**summary.to_dict(), "rows": rows, "loss": loss_name, "metric": metric_name, "sign": sign}
 
     return run
 
