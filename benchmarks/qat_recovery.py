@@ -7,6 +7,7 @@ scheme is fine-tuned once on train-sample.tsv and both formats are exported from
 """
 import argparse
 import json
+import math
 from pathlib import Path
 
 from _common import SHARED
@@ -38,7 +39,12 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-qat")
     parser.add_argument("--min-time-s", type=float, default=5.0)
     parser.add_argument("--min-reps", type=int, default=50)
+    parser.add_argument("--paired-only", action="store_true",
+                        help="skip the run: compare the artifacts of an earlier one sentence by sentence")
     args = parser.parse_args()
+    if args.paired_only:
+        print_paired(Path(args.out))
+        return
     data = {**plans.default().to_dict(), "model": str(SHARED / "models" / "minilm-l6-sst2"),
             "task": "text-classification", "methods": methods(),
             "runtimes": ["torch", *(runtime for runtime, _ in FORMATS.values())],
@@ -47,6 +53,7 @@ def main() -> None:
     report_path = pipeline.run(plans.from_dict(data), out=Path(args.out))
     report = json.loads((report_path.parent / "report.json").read_text())
     print_table(report)
+    print_paired(Path(args.out))
     print(report_path)
 
 
@@ -80,6 +87,35 @@ def print_table(report: dict) -> None:
                 recovered = f"{(qat - ptq) / lost:.0%} of the loss" if lost > 0 else "no loss to recover"
                 print(f"{scheme} on {runtime}: post-training {ptq - base:+.4f} vs fp32, QAT {qat - base:+.4f} "
                       f"({recovered})")
+
+
+def print_paired(out: Path) -> None:
+    """PTQ against QAT on the same dev sentences: how many each gets right that the other gets wrong, and the exact
+    McNemar p-value, which says whether a gap of a few sentences is more than chance."""
+    from transformers import AutoTokenizer
+
+    from qdeploy import evaluation, runtimes
+    from qdeploy.artifact import Artifact
+    from qdeploy.evaluation.classification import predict, read_labelled
+
+    texts, labels = read_labelled(DEV)
+    for scheme in RECIPES:
+        for method, (runtime, _) in FORMATS.items():
+            right = {}
+            for kind in ("ptq", "qat"):
+                artifact = Artifact.load(out / "artifacts" / f"{kind}-{scheme}-{method}")
+                ctx = evaluation.EvalContext(AutoTokenizer.from_pretrained(str(artifact.directory)),
+                                             list(artifact.manifest.inputs))
+                right[kind] = predict(runtimes.load(artifact, runtime), texts, ctx) == labels
+            only_ptq, only_qat = int((right["ptq"] & ~right["qat"]).sum()), int((~right["ptq"] & right["qat"]).sum())
+            print(f"{scheme} on {runtime}: {only_ptq} sentences right only after PTQ, {only_qat} only after QAT "
+                  f"(of {len(labels)}); exact McNemar p = {mcnemar(only_ptq, only_qat):.3g}")
+
+
+def mcnemar(b: int, c: int) -> float:
+    """Two-sided exact McNemar test: the discordant pairs under a fair coin."""
+    n = b + c
+    return min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n) if n else 1.0
 
 
 if __name__ == "__main__":
