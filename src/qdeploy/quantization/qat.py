@@ -254,14 +254,14 @@ def _training(parent, config: Qat, ctx, input_names, output_names):
         data, held = data.hold_out(config.holdout, config.seed)
     rows = data.count()  # one streamed pass: every label is parsed before the model is even loaded
     steps = config.steps if config.steps is not None else math.ceil(config.epochs * rows / config.batch_size)
-    sign, metric_name, scorer, eval_path = 1.0, "", None, None
-    if config.eval or held:
-        metric_name, metric, eval_path = evaluation_target(parent, config.metric, config.eval, "qat") \
-            if config.eval else ("accuracy", evaluation.metric("accuracy"), None)
+    sign, metric_name, metric, eval_path = 1.0, "", None, None
+    if config.eval:
+        metric_name, metric, eval_path = evaluation_target(parent, config.metric, config.eval, "qat")
+    elif held:
+        metric_name, metric = "accuracy", evaluation.metric("accuracy")
+    if metric:
         sign = 1.0 if metric.higher_is_better else -1.0
         eval_ctx = evaluation.EvalContext(ctx.tokenizer, list(input_names))
-        scorer = lambda path: lambda model: sign * metric.evaluate(
-            _TorchSession(model, output_names), eval_ctx, path)[0]
 
     def encode(texts):
         enc = ctx.tokenizer(texts, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt")
@@ -280,7 +280,8 @@ def _training(parent, config: Qat, ctx, input_names, output_names):
                 path = Path(tmp) / "holdout.jsonl"
                 path.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in held),
                                 encoding="utf-8")
-            evaluate = scorer(path) if scorer else None
+            evaluate = None if metric is None else lambda model: sign * metric.evaluate(
+                _TorchSession(model, output_names), eval_ctx, path)[0]
             summary = fine_tune(student, teacher, data, plan, encode, loss, quantizer_params, evaluate,
                                 ctx.progress)
         loss_name = "cross-entropy" if not distill else "distillation" + (
@@ -305,7 +306,8 @@ def _training_notes(config: Qat, s: dict) -> list[str]:
         notes.append(f"quantizer ranges frozen after step {s['frozen_at']}")
     if s["evals"]:
         values = {step: s["sign"] * value for step, value in s["evals"]}
-        notes.append(f"{s['metric']} on {config.eval or f'{config.holdout} held-out training rows'}: step 0 (post-training) {values[0]:.4f}, kept step "
+        scored = config.eval or f"{config.holdout} held-out training rows"
+        notes.append(f"{s['metric']} on {scored}: step 0 (post-training) {values[0]:.4f}, kept step "
                      f"{s['best_step']} ({values[s['best_step']]:.4f}); by step: "
                      + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
     return notes

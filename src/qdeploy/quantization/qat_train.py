@@ -153,8 +153,9 @@ def task_loss(task: str, distill: bool, labels_known: bool, label_weight: float 
 
     Labels: cross-entropy. Distillation from the fp32 model: every layer's token states matched to the teacher's
     (squared error relative to the teacher's mean square, averaged over layers), plus for a classifier the KL
-    divergence of the class distributions, and `label_weight` times the labels' cross-entropy. The layers give the student far more signal per sample than the two
-    logits alone: on MiniLM with every operator int8 (w8a8-all), 2,000 SST-2 phrases recovered markedly more."""
+    divergence of the class distributions, and `label_weight` times the labels' cross-entropy. The layers give the
+    student far more signal per sample than the two logits alone: on MiniLM with every operator int8 (w8a8-all),
+    2,000 SST-2 phrases recovered markedly more."""
     import torch.nn.functional as F
 
     if task not in ("text-classification", "feature-extraction"):
