@@ -7,12 +7,12 @@ scheme is fine-tuned once on train-sample.tsv and both formats are exported from
 """
 import argparse
 import json
-import math
 from pathlib import Path
 
 from _common import SHARED
 
 from qdeploy import pipeline, plan as plans
+from qdeploy.evaluation.stats import mcnemar
 
 TRAIN = SHARED / "data" / "sst2" / "train-sample.tsv"
 DEV = SHARED / "data" / "sst2" / "dev.tsv"
@@ -110,12 +110,6 @@ def print_paired(out: Path) -> None:
             only_ptq, only_qat = int((right["ptq"] & ~right["qat"]).sum()), int((~right["ptq"] & right["qat"]).sum())
             print(f"{scheme} on {runtime}: {only_ptq} sentences right only after PTQ, {only_qat} only after QAT "
                   f"(of {len(labels)}); exact McNemar p = {mcnemar(only_ptq, only_qat):.3g}")
-
-
-def mcnemar(b: int, c: int) -> float:
-    """Two-sided exact McNemar test: the discordant pairs under a fair coin."""
-    n = b + c
-    return min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n) if n else 1.0
 
 
 if __name__ == "__main__":

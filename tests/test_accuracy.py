@@ -19,7 +19,7 @@ def _score(artifact, metric: str, path) -> float:
     from transformers import AutoTokenizer
 
     ctx = evaluation.EvalContext(AutoTokenizer.from_pretrained(str(artifact.directory)), list(artifact.manifest.inputs))
-    return evaluation.metric(metric).evaluate(runtimes.load(artifact, RUNTIME[artifact.format]), ctx, path)[0]
+    return evaluation.metric(metric).evaluate(runtimes.load(artifact, RUNTIME[artifact.format]), ctx, path).value
 
 
 def _quantized(parents, method, options, tmp_path):

@@ -3,6 +3,7 @@ import onnx
 import pytest
 
 from qdeploy import evaluation, quantization, runtimes
+from qdeploy.evaluation import stats
 from qdeploy.artifact import Artifact
 from qdeploy.calibration import CalibrationSource
 from qdeploy.errors import ConfigError, UnsupportedError
@@ -12,12 +13,15 @@ from .conftest import SHARED, SST2_DEV
 CALIBRATION = CalibrationSource(str(SHARED / "data" / "sst2" / "train-sample.tsv"), samples=32)
 
 
-def _accuracy(artifact, runtime, path):
+def _score(artifact, runtime, path) -> evaluation.Score:
     from transformers import AutoTokenizer
 
     ctx = evaluation.EvalContext(AutoTokenizer.from_pretrained(str(artifact.directory)), list(artifact.manifest.inputs))
-    value, _ = evaluation.metric("accuracy").evaluate(runtimes.load(artifact, runtime), ctx, path)
-    return value
+    return evaluation.metric("accuracy").evaluate(runtimes.load(artifact, runtime), ctx, path)
+
+
+def _accuracy(artifact, runtime, path) -> float:
+    return _score(artifact, runtime, path).value
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +44,7 @@ def sst2_dev_half(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fp32_accuracy(sst2_onnx, sst2_dev):
-    return _accuracy(sst2_onnx, "ort-cpu", sst2_dev)
+    return _score(sst2_onnx, "ort-cpu", sst2_dev)
 
 
 @pytest.mark.parametrize("method,runtime", [("ort-dynamic", "ort-cpu"), ("ort-static", "ort-cpu"),
@@ -53,14 +57,20 @@ def test_int8_keeps_accuracy(method, runtime, sst2_onnx, sst2_openvino, sst2_dev
     assert artifact.manifest.parent == parent.name
     assert artifact.size_mb() < 0.7 * parent.size_mb()
     Artifact.load(artifact.directory, verify=True)
-    assert fp32_accuracy == pytest.approx(0.8865, abs=0.002)  # PyTorch fp32 on all 872 rows: 0.8865
+    assert fp32_accuracy.value == pytest.approx(0.8865, abs=0.002)  # PyTorch fp32 on all 872 rows: 0.8865
     if runtime == "openvino-cpu":
         # OpenVINO int8 has no fast GEMM on CPUs without VNNI (2-3x slower than f32): half the dev set keeps the
         # suite fast. The full-set check is the README's `qdeploy run ... --eval accuracy=dev.tsv`.
         fp32_half = _accuracy(parent, runtime, sst2_dev_half)
         assert abs(_accuracy(artifact, runtime, sst2_dev_half) - fp32_half) <= 0.01 + 1e-9
     else:
-        assert abs(_accuracy(artifact, runtime, sst2_dev) - fp32_accuracy) <= 0.01 + 1e-9
+        score = _score(artifact, runtime, sst2_dev)
+        assert abs(score.value - fp32_accuracy.value) <= 0.01 + 1e-9
+        # and within tolerance as the report judges it: sentence by sentence against fp32 (exact McNemar)
+        metric = evaluation.metric("accuracy")
+        pair = stats.paired(metric, score.items, fp32_accuracy.items)
+        assert pair.n == 872 and pair.test.startswith("exact McNemar")
+        assert stats.judge(metric, score.value, fp32_accuracy.value, pair).qualifies, pair
 
 
 def test_static_default_keeps_feed_forward_in_float(sst2_onnx, tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..textdata import iter_rows
-from . import EvalContext, check_path, heldout_texts, per_text, register
+from . import EvalContext, check_path, heldout_texts, mean, per_text, register, scored
 
 
 def predict(session, texts: list[str], ctx: EvalContext) -> np.ndarray:
@@ -30,18 +30,17 @@ def read_labelled(path) -> tuple[list[str], np.ndarray]:
     return texts, np.array(labels)
 
 
-@register("accuracy", ("text-classification",), needs_path=True, read=read_labelled,
+@register("accuracy", ("text-classification",), needs_path=True, read=read_labelled, aggregate=mean, binary=True,
           description="accuracy on a TSV of sentence and label (e.g. SST-2 dev.tsv)")
 def accuracy(session, ctx: EvalContext, path=None):
     texts, labels = read_labelled(check_path(path, "accuracy"))
-    return float((predict(session, texts, ctx) == labels).mean()), None
+    return scored(mean, predict(session, texts, ctx) == labels)
 
 
-@register("agreement", ("text-classification",), needs_path=False,
+@register("agreement", ("text-classification",), needs_path=False, aggregate=mean, binary=True,
           description="share of held-out built-in sentences where the top-1 class equals the fp32 PyTorch model's")
 def agreement(session, ctx: EvalContext, path=None):
     predictions = predict(session, heldout_texts(), ctx)
     reference = ctx.reference.get("agreement")
-    if reference is None:
-        return 1.0, predictions
-    return float((predictions == reference).mean()), predictions
+    # The baseline agrees with itself on every sentence: its items pair with a variant's sentence by sentence.
+    return scored(mean, predictions == (predictions if reference is None else reference), predictions)

@@ -6,7 +6,7 @@ import csv
 import numpy as np
 
 from ..errors import InputError
-from . import EvalContext, check_path, heldout_texts, per_text, register
+from . import EvalContext, Tolerance, check_path, heldout_texts, mean, per_text, register, scored
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -24,15 +24,14 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
 
-@register("cosine", ("feature-extraction",), needs_path=False,
+@register("cosine", ("feature-extraction",), needs_path=False, aggregate=mean, tolerance=Tolerance("floor", 0.99),
           description="mean cosine similarity of mean-pooled embeddings to the fp32 PyTorch embeddings, on held-out built-in sentences")
 def cosine(session, ctx: EvalContext, path=None):
     embeddings = embed(session, heldout_texts(), ctx)
     reference = ctx.reference.get("cosine")
-    if reference is None:
-        return 1.0, embeddings
-    sims = (_normalize(embeddings) * _normalize(reference)).sum(axis=1)
-    return float(sims.mean()), embeddings
+    if reference is None:  # the baseline: exactly 1 per sentence, not its own cosine's rounding
+        return scored(mean, np.ones(len(embeddings)), embeddings)
+    return scored(mean, (_normalize(embeddings) * _normalize(reference)).sum(axis=1), embeddings)
 
 
 def read_sts(path) -> tuple[list[str], list[str], np.ndarray]:
@@ -58,13 +57,24 @@ def read_sts(path) -> tuple[list[str], list[str], np.ndarray]:
     return first, second, np.array(scores)
 
 
-@register("stsb", ("feature-extraction",), needs_path=True, scale="points", read=read_sts,
+def spearman(items: np.ndarray):
+    """Spearman correlation x100 of the two columns (predicted cosine, gold score), over the last item axis: Pearson
+    of the tie-averaged ranks, as scipy.stats.spearmanr, but for a whole stack of bootstrap resamples at once."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(items, axis=-2)
+    centred = ranks - ranks.mean(axis=-2, keepdims=True)
+    x, y = centred[..., 0], centred[..., 1]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of constant scores has no correlation: nan
+        return 100.0 * (x * y).sum(axis=-1) / np.sqrt((x * x).sum(axis=-1) * (y * y).sum(axis=-1))
+
+
+@register("stsb", ("feature-extraction",), needs_path=True, scale="points", read=read_sts, aggregate=spearman,
+          tolerance=Tolerance("absolute", 1.0, "points"),
           description="STS-benchmark Spearman correlation x100 between cosine of embeddings and the gold scores")
 def stsb(session, ctx: EvalContext, path=None):
-    from scipy.stats import spearmanr
-
     first, second, gold = read_sts(check_path(path, "stsb"))
     a = _normalize(embed(session, first, ctx))
     b = _normalize(embed(session, second, ctx))
-    rho = spearmanr((a * b).sum(axis=1), gold).statistic
-    return float(rho * 100.0), None
+    # Per pair: (predicted cosine, gold score); the correlation is over the pairs, so only the set has a value.
+    return scored(spearman, np.stack([(a * b).sum(axis=1), gold], axis=1))

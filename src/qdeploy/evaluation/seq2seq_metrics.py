@@ -6,6 +6,7 @@ keeps variants comparable. sacrebleu and rouge-score come with the `generation` 
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError, UnsupportedError
-from . import EvalContext, check_path, heldout_texts, register
+from . import EvalContext, check_path, heldout_texts, mean, ratio, register, scored
 
 SEQ2SEQ = ("text2text-generation",)
 MAX_NEW_TOKENS = 64  # per translation or summary; a row stops earlier at its eos
@@ -100,43 +101,68 @@ def generate_texts(session, ctx: EvalContext, sources: list[str], max_length: in
     return outputs
 
 
+@functools.lru_cache(maxsize=None)
+def _scorer(kind: str):
+    """sacrebleu's BLEU or CHRF with the defaults of `corpus_bleu` / `corpus_chrf`."""
+    metrics = _library("sacrebleu.metrics")
+    return metrics.BLEU() if kind == "bleu" else metrics.CHRF()
+
+
+def _corpus(kind: str, items: np.ndarray):
+    """The corpus score from per-segment sufficient statistics (n-gram matches and totals, lengths): their sums
+    give exactly sacrebleu's corpus score, which is not a mean of sentence scores. A stack (r, n, k) gives r."""
+    scorer = _scorer(kind)
+    sums = items.sum(axis=-2)
+    if sums.ndim == 1:
+        return float(scorer._compute_score_from_stats(sums).score)
+    return np.array([scorer._compute_score_from_stats(row).score for row in sums.reshape(-1, sums.shape[-1])]
+                    ).reshape(sums.shape[:-1])
+
+
+corpus_bleu = functools.partial(_corpus, "bleu")
+corpus_chrf = functools.partial(_corpus, "chrf")
+
+
 def translation_scores(session, ctx: EvalContext, path) -> dict:
-    """Corpus BLEU and chrF (sacrebleu defaults) and the translations themselves."""
-    sacrebleu = _library("sacrebleu")
+    """Corpus BLEU and chrF (sacrebleu defaults), their per-segment statistics and the translations themselves."""
     pairs = read_parallel(path)
     hypotheses = generate_texts(session, ctx, [s for s, _ in pairs], ctx.max_length)
     references = [[r for _, r in pairs]]
-    score = sacrebleu.corpus_bleu(hypotheses, references)
-    chrf = sacrebleu.corpus_chrf(hypotheses, references)
-    return {"bleu": float(score.score), "chrf": float(chrf.score), "hypotheses": hypotheses}
+    # sacrebleu's own per-segment statistics (private API of sacrebleu 2.x, pinned in the generation extra)
+    items = {kind: _scorer(kind)._extract_corpus_statistics(hypotheses, references) for kind in ("bleu", "chrf")}
+    return {"bleu": corpus_bleu(np.array(items["bleu"], dtype=np.float64)),
+            "chrf": corpus_chrf(np.array(items["chrf"], dtype=np.float64)), "hypotheses": hypotheses, "items": items}
 
 
 @register("bleu", SEQ2SEQ, needs_path=True, scale="points", read=read_parallel, parses_path=True,
-          description="corpus BLEU (sacrebleu, 13a tokenization) of greedy translations")
+          aggregate=corpus_bleu, description="corpus BLEU (sacrebleu, 13a tokenization) of greedy translations")
 def bleu(session, ctx: EvalContext, path=None):
     # No raw outputs: BLEU is measured against the references, not against the fp32 model.
-    return _remembered(translation_scores, session, ctx, path)["bleu"], None
+    return scored(corpus_bleu, _remembered(translation_scores, session, ctx, path)["items"]["bleu"])
+
+
+ROUGE_KINDS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 def summary_scores(session, ctx: EvalContext, path) -> dict:
-    """Mean ROUGE-1/2/L/Lsum F1 x100 (rouge-score, stemmed) and the summaries themselves."""
+    """Mean ROUGE-1/2/L/Lsum F1 x100 (rouge-score, stemmed), the per-summary F1 x100 and the summaries themselves."""
     rouge_scorer = _library("rouge_score.rouge_scorer")
     pairs = read_summaries(path)
     length = min(SOURCE_TOKENS, ctx.max_positions or SOURCE_TOKENS)
     summaries = generate_texts(session, ctx, [a for a, _ in pairs], length)
-    kinds = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KINDS), use_stemmer=True)
     # rougeLsum splits summaries at newlines: one sentence per line, as in the usual CNN/DM setup.
     split = lambda text: "\n".join(s for s in re.split(r"(?<=[.!?])\s+", text) if s)  # noqa: E731
     scores = [scorer.score(split(ref), split(hyp)) for hyp, (_, ref) in zip(summaries, pairs)]
-    means = {k: 100 * float(np.mean([s[k].fmeasure for s in scores])) for k in kinds}
-    return {**means, "summaries": summaries}
+    items = {k: [100 * s[k].fmeasure for s in scores] for k in ROUGE_KINDS}
+    means = {k: float(mean(np.array(items[k])[:, None])) for k in ROUGE_KINDS}
+    return {**means, "summaries": summaries, "items": items}
 
 
-@register("rouge", SEQ2SEQ, needs_path=True, scale="points", read=read_summaries, parses_path=True,
+@register("rouge", SEQ2SEQ, needs_path=True, scale="points", read=read_summaries, parses_path=True, aggregate=mean,
           description="ROUGE-Lsum F1 x100 (rouge-score, stemmed, one sentence per line) of greedy summaries")
 def rouge(session, ctx: EvalContext, path=None):
-    return _remembered(summary_scores, session, ctx, path)["rougeLsum"], None
+    return scored(mean, _remembered(summary_scores, session, ctx, path)["items"]["rougeLsum"])
 
 
 def _remembered(scores, session, ctx: EvalContext, path) -> dict:
@@ -156,17 +182,17 @@ _LAST: dict = {}
 
 
 @register("chrf", SEQ2SEQ, needs_path=True, scale="points", read=read_parallel, parses_path=True,
-          description="corpus chrF (sacrebleu) of greedy translations")
+          aggregate=corpus_chrf, description="corpus chrF (sacrebleu) of greedy translations")
 def chrf(session, ctx: EvalContext, path=None):
-    return _remembered(translation_scores, session, ctx, path)["chrf"], None
+    return scored(corpus_chrf, _remembered(translation_scores, session, ctx, path)["items"]["chrf"])
 
 
 def _rouge_variant(kind: str):
     def score(session, ctx: EvalContext, path=None):
-        return _remembered(summary_scores, session, ctx, path)[kind], None
+        return scored(mean, _remembered(summary_scores, session, ctx, path)["items"][kind])
 
     register(kind.replace("rouge", "rouge-").replace("-L", "-l"), SEQ2SEQ, needs_path=True, scale="points",
-             read=read_summaries, parses_path=True,
+             read=read_summaries, parses_path=True, aggregate=mean,
              description=f"{kind} F1 x100 (rouge-score, stemmed) of greedy summaries")(score)
 
 
@@ -174,7 +200,7 @@ for _kind in ("rouge1", "rouge2", "rougeL"):
     _rouge_variant(_kind)
 
 
-@register("seq2seq-agreement", SEQ2SEQ, needs_path=False,
+@register("seq2seq-agreement", SEQ2SEQ, needs_path=False, aggregate=ratio,
           description="share of greedy output tokens (held-out sentences, 16 steps) equal to the fp32 PyTorch model's")
 def seq2seq_agreement(session, ctx: EvalContext, path=None):
     enc = ctx.tokenizer(heldout_texts()[:8], padding=True, truncation=True, max_length=ctx.max_length,
@@ -182,6 +208,6 @@ def seq2seq_agreement(session, ctx: EvalContext, path=None):
     tokens = session.generate(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64),
                               AGREEMENT_TOKENS, eos_token_id=None)
     reference = ctx.reference.get("seq2seq-agreement")
-    if reference is None:
-        return 1.0, tokens
-    return float((tokens == reference).mean()), tokens
+    # Per sentence (matching tokens, tokens): a sentence's steps depend on each other, so the sentence is the item.
+    same = tokens == (tokens if reference is None else np.asarray(reference))
+    return scored(ratio, np.stack([same.sum(axis=1), np.full(len(same), same.shape[1])], axis=1), tokens)

@@ -80,7 +80,7 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx):
                             source=parent.manifest.source, runtime_config=RUNTIME_CONFIG,
                             inputs=list(parent.manifest.inputs), outputs=list(parent.manifest.outputs))
         session = runtimes.load(Artifact(model_path.parent, manifest), "ort-cpu")
-        return metric.evaluate(session, eval_ctx, data)[0]
+        return metric.evaluate(session, eval_ctx, data).value
 
     started = time.monotonic()
     reference = score(parent.model_path)

@@ -74,7 +74,7 @@ def nncf_auto(parent: Artifact, config: NncfAuto, calibration, target: Path, ctx
     def validate(model, _items):
         compiled = model if hasattr(model, "create_infer_request") else ov.Core().compile_model(
             model, "CPU", dict(RUNTIME_CONFIG["openvino"]))
-        value = metric.evaluate(_CompiledSession(compiled, list(parent.manifest.outputs)), eval_ctx, data)[0]
+        value = metric.evaluate(_CompiledSession(compiled, list(parent.manifest.outputs)), eval_ctx, data).value
         scores.append(value)
         ctx.progress(f"nncf-auto: {metric_name} {value:.4f}")
         return sign * value, None

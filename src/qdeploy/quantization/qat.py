@@ -281,7 +281,7 @@ def _training(parent, config: Qat, ctx, input_names, output_names):
                 path.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in held),
                                 encoding="utf-8")
             evaluate = None if metric is None else lambda model: sign * metric.evaluate(
-                _TorchSession(model, output_names), eval_ctx, path)[0]
+                _TorchSession(model, output_names), eval_ctx, path).value
             summary = fine_tune(student, teacher, data, plan, encode, loss, quantizer_params, evaluate,
                                 ctx.progress)
         loss_name = "cross-entropy" if not distill else "distillation" + (
