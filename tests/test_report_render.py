@@ -81,7 +81,7 @@ def test_markdown_header_machine_and_settings(report):
     assert "AVX512_CORE_BF16" in md
     libs = next(line for line in md.splitlines() if "Libraries" in line)
     assert "torch 2.13.0" in libs and "onnxruntime 1.32.0" in libs and "openvino 2026.4.1" in libs
-    assert "threads **2**" in md and "min_reps **20**" in md
+    assert "**threads:** 2" in md and "**min_reps:** 20" in md
 
 
 def test_markdown_results_tables(report):
@@ -139,7 +139,7 @@ def test_html_content(report):
     assert "AMD EPYC 9B14" in page and "AVX512_CORE_BF16" in page and "torch 2.13.0" in page
     assert "2.51×" in page and "1.34×" in page
     assert "20.10 ms (p90 21.00)" in page            # latency bar label
-    assert "0.9877 (Δ -0.0123)" in page and "⚠ cv 12%" in page
+    assert "0.9877<small>Δ -0.0123</small>" in page and "⚠ cv 12%" in page
     assert "CPU has no avx512_bf16 or AMX" in page and "openvino-bf16" in page
     assert page.count("<svg") == 2 + 2 + 1           # latency and scatter per shape, one size chart
     assert "86.7 MB" in page and "22.1 MB" in page
@@ -169,11 +169,12 @@ def test_html_pareto_front(report):
     assert scatters[0].count('class="plabel"') == 4    # every point is labelled
     # The batch-8 chart only plots the row that has both a speed-up and a quality delta.
     assert scatters[1].count("<circle") == 1
-    assert "speed-up vs PyTorch fp32" in scatters[0] and "Δ cosine vs fp32" in scatters[0]
+    assert "speed-up vs PyTorch fp32" in scatters[0]
+    assert "Δ cosine vs PyTorch fp32 (points)" in scatters[0]          # a 0..1 score moves in points
 
 
 def test_pareto_helper():
-    from qdeploy.report.html import _pareto as pareto
+    from qdeploy.report.plot_svg import _pareto as pareto
     points = [(1.0, 0.0), (2.0, -0.01), (1.5, -0.02), (2.0, -0.01), (0.9, 0.0)]
     assert pareto(points) == {0, 1, 3}
 

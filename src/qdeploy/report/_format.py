@@ -177,3 +177,67 @@ def _quality_matrix(results: list) -> tuple[list[str], list[tuple[str, str]], di
                 metrics.append(metric)
             cells[(metric, str(row.get("variant")))] = quality
     return metrics, columns, cells
+
+
+def _lower_is_better(quality: dict) -> bool:
+    """Perplexity-like metrics. The pipeline signs `gain` against `delta` for them; older reports only have a name."""
+    gain, delta = _num(quality.get("gain")), _num(quality.get("delta"))
+    if gain is not None and delta:
+        return gain * delta < 0
+    name = str(quality.get("metric") or "").lower()
+    return name == "kl" or any(word in name for word in ("perplexity", "loss", "error"))
+
+
+def _quality_unit(qualities: list) -> tuple[float, str]:
+    """(factor, unit) that state one metric's numbers in its own units: a 0..1 score moves in points (x100), so a
+    delta of -0.001 reads as -0.1 point; scores already x100 and perplexities stay as they are."""
+    found = [q for q in _list(qualities) if isinstance(q, dict)]
+    scales = {q.get("scale") for q in found if q.get("scale")}
+    if scales:  # reports since the scale is recorded say it; older ones are read from the values
+        return (100.0, "pt") if scales == {"unit"} else (1.0, "")
+    values = [v for q in found for v in (_num(q.get("value")), _num(q.get("fp32_value"))) if v is not None]
+    if values and not any(_lower_is_better(q) for q in found) and all(0.0 <= v <= 1.0 for v in values):
+        return 100.0, "pt"
+    return 1.0, ""
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    """A [low, high] interval, or None when absent or malformed."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        low, high = _num(value[0]), _num(value[1])
+        if low is not None and high is not None:
+            return (low, high) if low <= high else (high, low)
+    return None
+
+
+def _delta_interval(quality: dict) -> tuple[float, float] | None:
+    """The 95 % interval of a quality delta. The paired one (same sentences, fp32 and variant) is the right one; a
+    report without it still has the variant's own interval, which is shifted by the fp32 value and is wider."""
+    paired = quality.get("paired") if isinstance(quality.get("paired"), dict) else {}
+    both = _pair([paired.get("low"), paired.get("high")])
+    own, fp32 = _pair(quality.get("interval")), _num(quality.get("fp32_value"))
+    if both is None and own is not None and fp32 is not None:
+        both = (own[0] - fp32, own[1] - fp32)
+    return both
+
+
+def _fmt_delta(quality: dict, factor: float, unit: str) -> str:
+    """'Δ -0.10 pt (-0.40 to +0.20)' in the metric's own units; empty without a delta."""
+    delta = _num(quality.get("delta"))
+    if delta is None:
+        return ""
+    digits = 2 if factor != 1.0 else _quality_digits(quality)
+    unit = f" {unit}" if unit else ""
+    text = f"Δ {delta * factor:+.{digits}f}{unit}"
+    interval = _delta_interval(quality)
+    if interval is not None:
+        text += f" ({interval[0] * factor:+.{digits}f} to {interval[1] * factor:+.{digits}f})"
+    return text
+
+
+def _fmt_interval(interval: Any, digits: int = 2, suffix: str = "") -> str:
+    """'1.39–1.55'; empty when absent or a single number (the baseline against itself tells nothing)."""
+    pair = _pair(interval)
+    if pair is None or f"{pair[0]:.{digits}f}" == f"{pair[1]:.{digits}f}":
+        return ""
+    return f"{pair[0]:.{digits}f}–{pair[1]:.{digits}f}{suffix}"

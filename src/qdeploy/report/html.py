@@ -1,39 +1,49 @@
 """Render a qdeploy report (schema ``qdeploy.report/1``) as one self-contained HTML page.
 
-The page must open offline and be safe to attach or archive: inline CSS, inline SVG
-charts computed here, no JavaScript and no URLs of any kind (inline SVG in HTML5 needs
-no xmlns). Standard library only, independent of the rest of ``qdeploy``. Every string
-read from the report goes through ``html.escape`` because names and paths are user input.
+The page must open offline and be safe to attach or archive: inline CSS, inline SVG charts computed here (the
+Pareto plot in ``plot_svg``), no JavaScript and no URLs of any kind. Standard library only, independent of the rest
+of ``qdeploy``. Every string read from the report is escaped exactly once: cells are plain text unless wrapped in
+``_Safe``, which only this module builds, from escaped parts.
+
+Reading order: what to ship and why first, then the numbers behind it, then how they were measured.
 """
 from __future__ import annotations
 
-import html
-import math
 from typing import Any, Callable
 
-from ._format import (machine_labels, GENERATION_COLUMNS, _concurrent, _generation_rows, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities, _timing_cell, _timings,
-                      _what_was_timed)
-_WIDTH = 760  # SVG viewBox width; CSS scales the chart to the page.
-_COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
-            "throughput/s", "speed-up", "vs runtime fp32", "concurrent/s", "size MB", "peak RSS MB"]
+from ._format import (DASH, GENERATION_COLUMNS, _concurrent, _fmt, _fmt_delta, _fmt_interval, _fmt_quality,
+                      _generation_rows, _groups, _noisy, _num, _qualities, _quality_digits, _quality_matrix,
+                      _quality_unit, _timing_cell, _timings, _what_was_timed, machine_labels)
+from .plot_svg import _WIDTH, _clip, _esc, _label, _svg, pareto_figure
+
 # System font stack only: a web font would need a network fetch.
 _CSS = """
 body{font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;background:#fff;
- max-width:1100px;margin:2rem auto;padding:0 1rem}h1{margin-bottom:.2rem}.sub,.note,.empty{color:#59636e}
+ max-width:1180px;margin:1.5rem auto;padding:0 1rem}h1{margin-bottom:.2rem}.sub,.note,.empty{color:#59636e}
 h2{border-bottom:1px solid #d0d7de;padding-bottom:.3rem;margin-top:2rem}.scroll{overflow-x:auto}
-table{border-collapse:collapse;margin:.5rem 0 1rem}td.noisy{color:#9a6700}
-th,td{border:1px solid #d0d7de;padding:.25rem .6rem;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.5rem 0 1rem}td.noisy,td.busy,.warn{color:#9a6700}
+th,td{border:1px solid #d0d7de;padding:.25rem .45rem;text-align:left;vertical-align:top}
 th,td.key{background:#f6f8fa;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+td small,th small,.rec small{display:block;color:#59636e;font-size:12px}td.num,td small{white-space:nowrap}
+.ok{color:#1a7f37}.bad{color:#cf222e}
+.rec{border-left:4px solid #1a7f37;background:#f6fff8;padding:.5rem 1rem;margin:.8rem 0}
+.rec.none{border-color:#8c959f;background:#f6f8fa}.rec h3{margin:.2rem 0;font-size:13px;color:#59636e}
+.headline{font-size:16px;font-weight:600;margin:.2rem 0}.rec ul{margin:.3rem 0}
+ul.kv{margin:0;padding-left:1.1rem}details{margin:.3rem 0 1rem}summary{cursor:pointer;color:#0969da}
+figure{margin:.5rem 0}figcaption,ol.key{color:#59636e;font-size:12px}ol.key{columns:2;margin:.3rem 0}
+.sym{display:inline-block;width:9px;height:9px;border-radius:50%;margin-right:.3em;vertical-align:middle}
+.sym.pareto{background:#e45756}.sym.chosen{border:2px solid #1a7f37}.sym.busy{border:2px solid #bf8700}
 svg{width:100%;max-width:760px;height:auto;display:block;font-size:12px}svg text{fill:#1f2328}
 .bar{fill:#4c78a8}.bar.size{fill:#72b7b2}.whisker{stroke:#1f2328;stroke-width:1.5}.plabel{font-size:11px}
-.axis{stroke:#59636e}.grid{stroke:#eaeef2}.ref{stroke:#8c959f;stroke-dasharray:4 3}
-.point{fill:#8c959f;stroke:#fff}.point.pareto{fill:#e45756;stroke:#7a1f1a}
-.pareto-line{fill:none;stroke:#e45756;stroke-width:1.5}
+.axis{stroke:#59636e}.grid{stroke:#eaeef2}.ref{stroke:#8c959f;stroke-dasharray:4 3}.err{stroke:#59636e;fill:none}
+.leader{stroke:#8c959f;stroke-width:.75}
+.point{fill:#8c959f;stroke:#fff}.point.pareto{fill:#e45756;stroke:#7a1f1a}.ring{fill:none;stroke-width:2}
+.ring.busy{stroke:#bf8700}.ring.chosen{stroke:#1a7f37}.pareto-line{fill:none;stroke:#e45756;stroke-width:1.5}
 """
 
 
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
+class _Safe(str):
+    """Markup already escaped by this module."""
 
 
 def _as(value: Any, kind: type) -> Any:
@@ -41,47 +51,252 @@ def _as(value: Any, kind: type) -> Any:
     return value if isinstance(value, kind) else kind()
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _label(row: dict) -> str:
-    return f"{row.get('variant') or '?'} / {row.get('runtime') or '?'}"
+def _h(value: Any) -> str:
+    return value if isinstance(value, _Safe) else _esc(value)
 
 
 def _table(header: list[str] | None, rows: list[list[tuple[Any, str]]]) -> str:
-    """rows hold (text, css class) pairs; text is escaped here, exactly once."""
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header or [])
+    """rows hold (content, css class) pairs; content is escaped here unless it is _Safe."""
+    head = "".join(f"<th>{_h(h)}</th>" for h in header or [])
     head = f"<thead><tr>{head}</tr></thead>" if head else ""
-    cell = lambda text, css: f'<td class="{css}">{_esc(text)}</td>' if css else f"<td>{_esc(text)}</td>"
+    cell = lambda text, css: f'<td class="{css}">{_h(text)}</td>' if css else f"<td>{_h(text)}</td>"
     body = "".join("<tr>" + "".join(cell(t, c) for t, c in row) + "</tr>" for row in rows)
     return f'<div class="scroll"><table>{head}<tbody>{body}</tbody></table></div>'
 
 
-def _results_table(rows: list[dict], _shape: str = "") -> str:
+def _two_lines(main: str, detail: str) -> _Safe:
+    return _Safe(_esc(main) + (f"<small>{_esc(detail)}</small>" if detail else ""))
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return DASH if value is None or value == "" else str(value)
+
+
+def _value_html(value: Any) -> _Safe:
+    """Nested settings as nested lists of "key value" pairs: a Python repr such as {'a': 1} is not for people."""
+    if isinstance(value, dict):
+        if not value:
+            return _Safe(DASH)
+        items = "".join(f"<li><strong>{_esc(k)}</strong> {_value_html(v)}</li>" for k, v in value.items())
+        return _Safe(f'<ul class="kv">{items}</ul>')
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return _Safe("none")
+        if not any(isinstance(v, (dict, list, tuple)) for v in value):
+            return _Safe(_esc(", ".join(_scalar(v) for v in value)))
+        return _Safe('<ul class="kv">' + "".join(f"<li>{_value_html(v)}</li>" for v in value) + "</ul>")
+    return _Safe(_esc(_scalar(value)))
+
+
+def _shape(batch: Any, seq_len: Any) -> str:
+    return f"batch {batch} · seq_len {seq_len}"
+
+
+# --- what to ship -------------------------------------------------------------------------------
+
+def _match(choice: dict, rows: list[dict]) -> dict | None:
+    """The result row a recommendation is about; machine_labels may have appended the machine to the variant."""
+    names = {str(choice.get("variant")), f"{choice.get('variant')} @ {choice.get('machine')}"}
+    for row in rows:
+        if (str(row.get("variant")) in names and row.get("runtime") == choice.get("runtime")
+                and row.get("batch") == choice.get("batch") and row.get("seq_len") == choice.get("seq_len")
+                and row.get("machine") in (None, choice.get("machine"))):
+            return row
+    return None
+
+
+def _busy_reasons(row: dict | None) -> list[str]:
+    return [str(r) for r in _as((row or {}).get("busy_reasons"), list)] or ["no reason recorded"]
+
+
+def _choice_html(choice: dict, row: dict | None, show_machine: bool) -> str:
+    where = ([f"machine {choice['machine']}"] if show_machine and choice.get("machine") else []) + \
+        [_shape(choice.get("batch"), choice.get("seq_len"))]
+    headline = choice.get("headline")
+    if not headline:
+        speed, quality = _num(choice.get("speedup")), _as(choice.get("quality"), dict)
+        headline = f"ship {choice.get('variant') or '?'} on {choice.get('runtime') or '?'}"
+        interval = _fmt_interval(choice.get("interval"))
+        if speed is not None:
+            headline += f": {speed:.2f}× {choice.get('vs') or 'PyTorch fp32'}" + (f" ({interval})" if interval else "")
+        headline += f", {quality['phrase']}" if quality.get("phrase") else ""
+    out = [f'<div class="rec"><h3>{_esc(" · ".join(where))}</h3><p class="headline">{_esc(headline)}</p>']
+    if choice.get("busy") is True or (row or {}).get("busy") is True:
+        busy = "; ".join(_busy_reasons(row))
+        out.append(f'<p class="warn">⚠ measured while the machine was busy: {_esc(busy)}</p>')
+    reasons = [str(r) for r in _as(choice.get("reasons"), list)]
+    if reasons:
+        out.append("<ul>" + "".join(f"<li>{_esc(r)}</li>" for r in reasons) + "</ul>")
+    tied = [str(t) for t in _as(choice.get("tied_with"), list)]
+    if tied:
+        out.append(f"<small>Statistically tied with {_esc(', '.join(tied))}.</small>")
+    return "".join(out) + "</div>"
+
+
+def _recommendation(report: dict, results: list[dict]) -> tuple[list[str], set]:
+    """The section, and the id()s of the recommended rows (marked in the tables and the plot)."""
+    rec = _as(report.get("recommendation"), dict)
+    choices = [c for c in _as(rec.get("choices"), list) if isinstance(c, dict)]
+    if not rec:
+        return [], set()
+    out = ["<h2>Recommendation</h2>"]
+    basis = ", ".join(b for b in (f"judged on {rec['judged_on']}" if rec.get("judged_on") else "",
+                                  f"tolerance {rec['tolerance']}" if rec.get("tolerance") else "") if b)
+    if basis:
+        out.append(f'<p class="note">{_esc(basis[0].upper() + basis[1:])}; speed-ups are medians of interleaved '
+                   "timing rounds with their 95 % intervals.</p>")
+    matched = [(c, _match(c, results)) for c in choices]
+    machines = {str(m) for m in [c.get("machine") for c in choices] + [r.get("machine") for r in results]
+                if m is not None}
+    out += [_choice_html(c, row, len(machines) > 1) for c, row in matched]
+    if not choices:
+        out.append('<div class="rec none"><p>No variant was recommended.</p></div>')
+    return out, {id(row) for _, row in matched if row is not None}
+
+
+def _threads_note(report: dict) -> list[str]:
+    """Why the run used the thread count it did, when it chose one: it bears on every number below."""
+    threads = _as(_as(report.get("settings"), dict).get("threads_choice"), dict)
+    if not threads:
+        return []
+    reason = f" — {_esc(threads['reason'])}" if threads.get("reason") else ""
+    return [f'<p class="note">Threads: {_esc(_scalar(threads.get("threads")))}{reason}</p>']
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+def _metrics(rows: list[dict]) -> list[str]:
     metrics: list[str] = []
     for row in rows:
         metrics += [m for m in _qualities(row) if m not in metrics]
-    timings = _timings(rows)
-    cells = []
+    return metrics
+
+
+def _quality_cell(quality: Any, factor: float, unit: str) -> _Safe | str:
+    if not isinstance(quality, dict):
+        return DASH
+    value = _fmt(quality.get("value"), _quality_digits(quality))
+    interval = _fmt_interval(quality.get("interval"), _quality_digits(quality))
+    lines = [_esc(value + (f" ({interval})" if interval else ""))]
+    delta = _fmt_delta(quality, factor, unit)
+    if delta:
+        lines.append(f"<small>{_esc(delta)}</small>")
+    verdict = _as(quality.get("verdict"), dict)
+    if verdict.get("phrase"):
+        css = "ok" if verdict.get("qualifies") is True else "bad" if verdict.get("qualifies") is False else ""
+        lines.append(f'<small class="{css}">{_esc(verdict["phrase"])}</small>')
+    return _Safe("".join(lines))
+
+
+def _stacked(text: str) -> _Safe:
+    """'1234.5 (3.21×)' as the number over its ratio: one line each keeps the results table inside the page."""
+    value, _, ratio = text.partition(" (")
+    return _two_lines(value, ratio.rstrip(")"))
+
+
+def _quality_short(quality: Any) -> _Safe | str:
+    """Value over its delta, as the other renderers print them (the summary has the intervals)."""
+    value, _, delta = _fmt_quality(quality).partition(" (")
+    return _two_lines(value, delta.rstrip(")"))
+
+
+def _marks(row: dict, chosen: set, busy_notes: list[str]) -> _Safe:
+    """The note cell; a busy row gets a numbered footnote (printed under the table) and its reasons as a tooltip."""
+    html_marks = ['<span class="ok">★ recommended</span>'] if id(row) in chosen else []
+    html_marks += [f'<span class="warn">{_esc(_noisy(row))}</span>'] if _noisy(row) else []
+    if row.get("busy") is True:
+        reasons = "; ".join(_busy_reasons(row))
+        busy_notes.append(f"{_label(row)}: measured while the machine was busy ({reasons})")
+        html_marks.append(f'<span class="warn" title="{_esc(reasons)}">⚠ busy<sup>{len(busy_notes)}</sup></span>')
+    return _Safe("<br>".join(html_marks))
+
+
+def _footnotes(notes: list[str]) -> str:
+    return ('<ol class="note">' + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ol>") if notes else ""
+
+
+def _summary(rows: list[dict], chosen: set) -> str:
+    metrics = _metrics(rows)
+    units = {m: _quality_unit([_qualities(r).get(m) for r in rows]) for m in metrics}
+    cells, notes = [], []
+    for row in rows:
+        quals = _qualities(row)
+        speed = _two_lines(_fmt(row.get("speedup_vs_fp32"), 2, "×"), _fmt_interval(row.get("speedup_interval")))
+        cells.append([(row.get("variant"), "key"), (row.get("runtime"), ""), (speed, "num")]
+                     + [(_quality_cell(quals.get(m), *units[m]), "num") for m in metrics]
+                     + [(_fmt(row.get("size_mb"), 1), "num"), (_marks(row, chosen, notes), "")])
+    header = ["variant", "runtime", _Safe("speed-up<small>95 % interval</small>")] + metrics + ["size MB", "note"]
+    return _table(header, cells) + _footnotes(notes)
+
+
+def _load_text(row: dict) -> str:
+    load = _as(row.get("load"), dict)
+    parts = []
+    for when in ("before", "after"):
+        sample = _as(load.get(when), dict)
+        numbers = [f"{name} {_fmt(sample.get(key), 1)}{unit}" for key, name, unit in
+                   (("load1", "load", ""), ("steal_pct", "steal", " %"), ("others_cpu_pct", "others", " %"))
+                   if _num(sample.get(key)) is not None]
+        if numbers:
+            parts.append(f"{when}: " + ", ".join(numbers))
+    return "; ".join(parts) or DASH
+
+
+def _results(rows: list[dict], _shape_text: str = "") -> str:
+    """The numbers that decide, in one table that fits the page; the rest in a second, folded one."""
+    metrics, timings = _metrics(rows), _timings(rows)
+    concurrent = any(isinstance(r.get("concurrent"), dict) for r in rows)
+    main, more = [], []
     for row in rows:
         lat, quals = _as(row.get("latency_ms"), dict), _qualities(row)
-        numbers = [_fmt(lat.get("p50")), _fmt(lat.get("p90")), _fmt(lat.get("p99")),
-                   _fmt(row.get("throughput_per_s"), 1), _fmt(row.get("speedup_vs_fp32"), 2, "×"),
-                   _fmt(row.get("speedup_vs_runtime_fp32"), 2, "×"), _concurrent(row),
-                   _fmt(row.get("size_mb"), 1), _fmt(row.get("peak_rss_mb"), 0)]
-        numbers += [_timing_cell(row, timing) for timing in timings]
-        cells.append([(row.get("variant"), ""), (row.get("runtime"), ""), (row.get("precision"), "")]
-                     + [(n, "num") for n in numbers]
-                     + [(_fmt_quality(quals.get(m)), "num") for m in metrics]
-                     + [(_noisy(row), "noisy")])
-    return _table(_COLUMNS + [f"{t} p50 ms" for t in timings] + metrics + ["note"], cells)
+        numbers = [_fmt(lat.get("p50")),
+                   _two_lines(_fmt(row.get("speedup_vs_fp32"), 2, "×"), _fmt_interval(row.get("speedup_interval"))),
+                   _two_lines(_fmt(row.get("speedup_vs_runtime_fp32"), 2, "×"),
+                              _fmt_interval(row.get("speedup_vs_runtime_fp32_interval")))]
+        numbers += [_stacked(_concurrent(row))] if concurrent else []
+        numbers += [_stacked(_timing_cell(row, timing)) for timing in timings]
+        numbers += [_fmt(row.get("rss_delta_mb"), 0), _fmt(row.get("load_s"), 2), _fmt(row.get("size_mb"), 1)]
+        main.append([(row.get("variant"), "key"), (row.get("runtime"), "")] + [(n, "num") for n in numbers]
+                    + [(_quality_short(quals.get(m)), "num") for m in metrics]
+                    + [(_noisy(row) or ("⚠ busy" if row.get("busy") is True else ""), "noisy")])
+        cv = _num(row.get("cv"))
+        more.append([(row.get("variant"), "key"), (row.get("runtime"), ""), (row.get("precision"), "")]
+                    + [(text, "num") for text in (_fmt(lat.get("p90")), _fmt(lat.get("p99")),
+                                                  _fmt(row.get("throughput_per_s"), 1),
+                                                  DASH if cv is None else f"{cv * 100:.1f} %",
+                                                  _fmt(row.get("rounds"), 0), _fmt(row.get("iterations"), 0),
+                                                  _fmt(row.get("peak_rss_mb"), 0))]
+                    + [(_load_text(row), ""), ("; ".join(_as(row.get("busy_reasons"), list)) or DASH, "")])
+    header = (["variant", "runtime", "p50 ms", "speed-up", "vs runtime fp32"]
+              + (["concurrent/s"] if concurrent else []) + [f"{t} p50 ms" for t in timings]
+              + ["memory MB", "load s", "size MB"] + metrics + ["note"])
+    details = ["variant", "runtime", "precision", "p90 ms", "p99 ms", "throughput/s", "cv", "rounds", "iterations",
+               "process peak RSS MB", "machine load", "busy because"]
+    return (_table(header, main) + "<details><summary>More: p90/p99 latency, throughput, cv, rounds, process "
+            "peak RSS, machine load</summary>" + _table(details, more) + "</details>")
 
 
-def _svg(height: float, body: list[str], label: str) -> str:
-    head = f'<svg viewBox="0 0 {_WIDTH} {height:.0f}" role="img" aria-label="{_esc(label)}">'
-    return head + "".join(body) + "</svg>"
+def _quality_by_variant(report: dict, results: list[dict]) -> list[str]:
+    metrics, columns, cells = _quality_matrix(results)
+    if len(columns) <= 1 or not metrics:
+        return []
+    # Variants down, metrics across (report.md has it the other way): a plan has few metrics and many variants,
+    # and this way round the table fits the page however many variants there are.
+    units = {m: _quality_unit([cells.get((m, v)) for v, _ in columns]) for m in metrics}
+    rows = [[(v, "key"), (r, "")] + [(_quality_cell(cells.get((m, v)), *units[m]), "num") for m in metrics]
+            for v, r in columns]
+    described = _as(report.get("metrics"), dict)
+    notes = "".join(f"<li><strong>{_esc(m)}</strong>: {_esc(described[m])}</li>" for m in metrics if described.get(m))
+    return (["<h2>Quality by variant</h2>",
+             '<p class="note">Each variant on the first runtime it ran on; Δ is to PyTorch fp32 (0..1 scores in '
+             "points, i.e. ×100), with its 95 % interval where the report has one.</p>",
+             _table(["variant", "runtime"] + metrics, rows)]
+            + ([f'<ul class="note">{notes}</ul>'] if notes else []))
 
+
+# --- charts -------------------------------------------------------------------------------------
 
 def _hbar_chart(items: list[tuple[str, float, float | None, str]], label: str,
                 css: str = "bar") -> str:
@@ -119,97 +334,6 @@ def _latency_chart(rows: list[dict], shape: str) -> str:
     return _hbar_chart(items, f"p50 latency, {shape}") if items else '<p class="empty">No latency data.</p>'
 
 
-def _pareto(points: list[tuple[float, float]]) -> set[int]:
-    """Indices of points no other point beats on both axes (>= both, > one)."""
-    return {i for i, (x, y) in enumerate(points)
-            if not any(qx >= x and qy >= y and (qx > x or qy > y) for qx, qy in points)}
-
-
-def _ticks(lo: float, hi: float, count: int = 5) -> tuple[list[float], int]:
-    """Round-numbered ticks inside [lo, hi] and the decimals needed to print them."""
-    raw = (hi - lo) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    digits = next(d for d in range(12) if abs(round(step, d) - step) < step * 1e-6)
-    first = math.ceil(lo / step - 1e-9)
-    ticks = [(first + k) * step for k in range(int((hi - lo) / step) + 2)]
-    return [0.0 if abs(t) < step * 1e-9 else t for t in ticks if t <= hi + step * 1e-9], digits
-
-
-def _span(values: list[float], anchor: float) -> tuple[float, float]:
-    # Always include the fp32 reference (speed-up 1, delta 0) so the dashed baseline
-    # is visible, then pad so no point sits on the frame.
-    lo, hi = min(values + [anchor]), max(values + [anchor])
-    pad = (hi - lo) * 0.08 or max(abs(hi) * 0.1, 1e-4)
-    return lo - pad, hi + pad
-
-
-def _place_label(x: float, y: float, width: float, flip: bool, placed: list) -> float:
-    """Baseline y for a point label clear of earlier labels: variants often share nearly
-    the same speed-up and delta, and labels at one fixed offset would print on top of each other."""
-    x0 = x - width - 8 if flip else x + 8
-    for dy in (-6, 16, -20, 30, -34, 44):
-        box = (x0, x0 + width, y + dy - 11, y + dy + 2)
-        if not any(box[0] < b[1] and b[0] < box[1] and box[2] < b[3] and b[2] < box[3] for b in placed):
-            break
-    placed.append(box)
-    return y + dy
-
-
-def _scatter(rows: list[dict], shape: str) -> str:
-    data = []
-    for row in rows:
-        quality = _as(row.get("quality"), dict)
-        # "gain" is the delta signed so that up is better (perplexity falls when quality rises)
-        x, y = _num(row.get("speedup_vs_fp32")), _num(quality.get("gain", quality.get("delta")))
-        if x is not None and y is not None:
-            data.append((x, y, _label(row), str(quality.get("metric") or "quality")))
-    if not data:
-        return '<p class="empty">No rows with both a speed-up and a quality delta.</p>'
-    (x_lo, x_hi), (y_lo, y_hi) = _span([d[0] for d in data], 1.0), _span([d[1] for d in data], 0.0)
-    left, right, top, bottom, height = 80, 20, 16, 52, 380
-    sx = lambda v: left + (v - x_lo) / (x_hi - x_lo) * (_WIDTH - left - right)
-    sy = lambda v: top + (y_hi - v) / (y_hi - y_lo) * (height - top - bottom)
-    body, base = [], height - bottom
-    xticks, xd = _ticks(x_lo, x_hi)
-    for t in xticks:
-        body.append(f'<line class="grid" x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{base}"/>'
-                    f'<text x="{sx(t):.1f}" y="{base + 16}" text-anchor="middle">{t:.{xd}f}</text>')
-    yticks, yd = _ticks(y_lo, y_hi)
-    for t in yticks:
-        text = f"{t:+.{yd}f}" if t else f"{0:.{yd}f}"  # a signed "+0.000" reads oddly
-        body.append(f'<line class="grid" x1="{left}" y1="{sy(t):.1f}" x2="{_WIDTH - right}" '
-                    f'y2="{sy(t):.1f}"/><text x="{left - 6}" y="{sy(t):.1f}" text-anchor="end" '
-                    f'dominant-baseline="middle">{text}</text>')
-    body.append(f'<line class="ref" x1="{sx(1.0):.1f}" y1="{top}" x2="{sx(1.0):.1f}" y2="{base}"/>'
-                f'<line class="ref" x1="{left}" y1="{sy(0.0):.1f}" x2="{_WIDTH - right}" '
-                f'y2="{sy(0.0):.1f}"/><line class="axis" x1="{left}" y1="{base}" x2="{_WIDTH - right}" '
-                f'y2="{base}"/><line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{base}"/>')
-    metrics = ", ".join(dict.fromkeys(d[3] for d in data))
-    body.append(f'<text x="{(left + _WIDTH - right) / 2:.0f}" y="{height - 8}" text-anchor="middle">'
-                f"speed-up vs PyTorch fp32 (×)</text>"
-                f'<text transform="translate(16 {(top + base) / 2:.0f}) rotate(-90)" text-anchor="middle">'
-                f"Δ {_esc(metrics)} vs fp32</text>")
-    front = _pareto([(d[0], d[1]) for d in data])
-    line = sorted((data[i][0], data[i][1]) for i in front)
-    body.append('<polyline class="pareto-line" points="'
-                + " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in line) + '"/>')
-    placed: list = []
-    for index, (x, y, name, metric) in enumerate(data):
-        css = "point pareto" if index in front else "point"
-        tip = f"{name}: {x:.2f}× speed-up, Δ {metric} {y:+.4g}"
-        tip += " (Pareto front)" if index in front else ""
-        label = _clip(name, 40)
-        # Labels near the right edge flip to the left of their point to stay inside.
-        flip = sx(x) > _WIDTH * 0.65
-        label_y = _place_label(sx(x), sy(y), 6.2 * len(label), flip, placed)
-        body.append(f'<circle class="{css}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5">'
-                    f"<title>{_esc(tip)}</title></circle>"
-                    f'<text class="plabel" x="{sx(x) + (-8 if flip else 8):.1f}" y="{label_y:.1f}" '
-                    f'text-anchor="{"end" if flip else "start"}">{_esc(label)}</text>')
-    return _svg(height, body, f"quality delta versus speed-up, {shape}")
-
-
 def _size_chart(variants: list) -> str:
     sizes = [(str(v.get("name") or "?"), _num(v.get("size_mb"))) for v in variants if isinstance(v, dict)]
     items = [(name, size, None, f"{size:.1f} MB") for name, size in sizes if size is not None]
@@ -217,22 +341,64 @@ def _size_chart(variants: list) -> str:
         '<p class="empty">No variant sizes recorded.</p>'
 
 
-def _machine_rows(report: dict) -> list[list[tuple[str, str]]]:
-    machine, model = _as(report.get("machine"), dict), _as(report.get("model"), dict)
+def _plot_metric(report: dict, rows: list[dict]) -> str | None:
+    """The recommendation's metric when the rows have it, else the rows' primary quality."""
+    judged = _as(report.get("recommendation"), dict).get("judged_on")
+    if judged and any(str(judged) in _qualities(r) for r in rows):
+        return str(judged)
+    primary = [_as(r.get("quality"), dict).get("metric") for r in rows]
+    return next((str(m) for m in primary if m is not None), next(iter(_metrics(rows)), None))
+
+
+# --- how it was measured ------------------------------------------------------------------------
+
+_KNOWN_MACHINE_KEYS = {"cpu_model", "cores_physical", "cores_logical", "memory_gb", "isa", "onednn_isa_cap", "os",
+                       "python", "libraries", "execution_providers"}
+
+
+def _machine_rows(machine: dict) -> list[list[tuple[Any, str]]]:
     cores = " / ".join(f"{machine[key]} {kind}" for key, kind in
                        (("cores_physical", "physical"), ("cores_logical", "logical"))
                        if machine.get(key) is not None)
-    flags = [str(k) for k, on in _as(machine.get("isa"), dict).items() if on is True]
+    isa = _as(machine.get("isa"), dict)
+    flags = [str(k) for k, on in isa.items() if on is True]
+    absent = [str(k) for k, on in isa.items() if on is False]
     libs = " · ".join(f"{k} {v}" for k, v in _as(machine.get("libraries"), dict).items() if v)
-    providers = ", ".join(map(str, _as(machine.get("execution_providers"), list)))
     memory = _num(machine.get("memory_gb"))
-    pairs = [("Model", model.get("source")), ("Task", model.get("task")),
-             ("Model sha256", model.get("sha256")), ("CPU", machine.get("cpu_model")), ("Cores", cores),
+    pairs = [("CPU", machine.get("cpu_model")), ("Cores", cores),
              ("Memory", f"{memory:.1f} GB" if memory is not None else None),
-             ("ISA", ", ".join(flags) or "none of the tracked extensions"),
+             ("ISA", (", ".join(flags) or "none of the tracked extensions") + (f" (not: {', '.join(absent)})"
+                                                                             if absent else "")),
              ("oneDNN ISA cap", machine.get("onednn_isa_cap")), ("OS", machine.get("os")),
-             ("Python", machine.get("python")), ("Libraries", libs), ("ONNX Runtime providers", providers)]
-    return [[(k, "key"), (v, "")] for k, v in pairs if v not in (None, "")]
+             ("Python", machine.get("python")), ("Libraries", libs),
+             ("ONNX Runtime providers", ", ".join(map(str, _as(machine.get("execution_providers"), list))))]
+    rows = [[(k, "key"), (v, "")] for k, v in pairs if v not in (None, "")]
+    # Keys this renderer does not know yet (a newer pipeline) still show, readably.
+    rows += [[(str(k).replace("_", " "), "key"), (_value_html(v), "")] for k, v in machine.items()
+             if k not in _KNOWN_MACHINE_KEYS and v not in (None, "", [], {})]
+    return rows
+
+
+def _setup(report: dict) -> list[str]:
+    model = _as(report.get("model"), dict)
+    out = ["<h2>Model</h2>", _table(None, [[(str(k).replace("_", " "), "key"), (_value_html(v), "")]
+                                           for k, v in model.items() if v not in (None, "")])] if model else []
+    machines = {str(k): v for k, v in _as(report.get("machines"), dict).items() if isinstance(v, dict)}
+    if len(machines) > 1:
+        out.append("<h2>Machines</h2>")
+        for name, machine in machines.items():
+            out += [f"<h3>{_esc(name)}</h3>", _table(None, _machine_rows(machine))]
+    else:
+        out += ["<h2>Machine</h2>", _table(None, _machine_rows(_as(report.get("machine"), dict)))]
+    settings = _as(report.get("settings"), dict)
+    if settings:
+        rows = [[(key, "key"), (_value_html(value), "")] for key, value in settings.items()]
+        out += ["<h2>Settings</h2>", _table(None, rows)]
+    plan = _as(report.get("plan"), dict)
+    if plan:
+        rows = [[(key, "key"), (_value_html(value), "")] for key, value in plan.items()]
+        out += ["<details><summary>The plan as given</summary>", _table(None, rows), "</details>"]
+    return out
 
 
 def _per_shape(title: str, groups: list, render: Callable[[list[dict], str], str],
@@ -242,14 +408,14 @@ def _per_shape(title: str, groups: list, render: Callable[[list[dict], str], str
         return []
     out = [f"<h2>{title}</h2>"] + ([f'<p class="note">{note}</p>'] if note else [])
     for (batch, seq_len), rows in groups:
-        shape = f"batch {batch} · seq_len {seq_len}"
-        out += [f"<h3>{_esc(shape)}</h3>", render(rows, shape)]
+        out += [f"<h3>{_esc(_shape(batch, seq_len))}</h3>", render(rows, _shape(batch, seq_len))]
     return out
 
 
 def render_html(report: dict) -> str:
     """Return the report as a complete, offline, single-file HTML document."""
     report = machine_labels(_as(report, dict))
+    results = [r for r in _as(report.get("results"), list) if isinstance(r, dict)]
     model = _as(report.get("model"), dict)
     source, task = model.get("source") or "unknown model", model.get("task")
     parts = (task, report.get("created") and f"created {report['created']}",
@@ -258,32 +424,32 @@ def render_html(report: dict) -> str:
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            f"<title>qdeploy report — {_esc(source)}</title><style>{_CSS}</style></head><body>",
-           f"<h1>qdeploy report — {_esc(source)}</h1>", f'<p class="sub">{subtitle}</p>',
-           "<h2>Machine</h2>", _table(None, _machine_rows(report))]
-    settings = _as(report.get("settings"), dict)
-    if settings:
-        rows = [[(key, "key"), (value, "")] for key, value in settings.items()]
-        out += ["<h2>Settings</h2>", _table(None, rows)]
-    timed = [[(column, "key"), (runtimes, ""), (what, "")]
-             for column, runtimes, what in _what_was_timed(_as(report.get("results"), list))]
-    if timed:
-        out += ["<h2>What was timed</h2>", _table(["numbers", "runtimes", "what the clock covered"], timed)]
-    groups = _groups(_as(report.get("results"), list))
+           f"<h1>qdeploy report — {_esc(source)}</h1>", f'<p class="sub">{subtitle}</p>']
+    section, chosen = _recommendation(report, results)
+    out += _threads_note(report) + section
+    groups = _groups(results)
     if not groups:
         out.append('<h2>Results</h2><p class="empty">There are no benchmark results to show.</p>')
-    out += _per_shape("Latency", groups, _latency_chart,
-                      "Bars show p50 latency; the thin whisker ends at p90.")
-    out += _per_shape("Quality versus speed", groups, _scatter,
-                      "Speed-up is relative to PyTorch eager fp32 at the same shape. Red points joined by "
-                      "the line form the Pareto front: no other point is both at least as fast and at "
-                      "least as accurate.")
+    out += _per_shape("Summary", groups, lambda rows, _: _summary(rows, chosen),
+                      "Speed-up is relative to PyTorch eager fp32 at the same shape; quality shows the value, its "
+                      "Δ to fp32 in the metric's own units (0..1 scores in points) and the verdict where recorded.")
+    out += _per_shape("Quality versus speed", groups,
+                      lambda rows, shape: pareto_figure(rows, shape, _plot_metric(report, rows), chosen))
+    out += _quality_by_variant(report, results)
+    out += _per_shape("Results", groups, _results,
+                      "memory MB is what loading the variant added to the process (RSS delta); load s the time to "
+                      "load it. The folded table holds tail latency, timing spread and the machine's load.")
+    out += _per_shape("Latency", groups, _latency_chart, "Bars show p50 latency; the thin whisker ends at p90.")
     out += ["<h2>Model size</h2>", _size_chart(_as(report.get("variants"), list))]
-    generation = [[(cell, "") for cell in row] for row in _generation_rows(_as(report.get("results"), list))]
+    generation = [[(cell, "") for cell in row] for row in _generation_rows(results)]
     if generation:
         out += ["<h2>Generation</h2>", _table(GENERATION_COLUMNS, generation)]
-    out += _per_shape("Results", groups, _results_table)
+    timed = [[(column, "key"), (runtimes, ""), (what, "")] for column, runtimes, what in _what_was_timed(results)]
+    if timed:
+        out += ["<h2>What was timed</h2>", _table(["numbers", "runtimes", "what the clock covered"], timed)]
     skipped = [e for e in _as(report.get("skipped"), list) if isinstance(e, dict)]
     rows = [[(e.get("variant"), ""), (e.get("runtime"), ""), (e.get("reason"), "")] for e in skipped]
     out += ["<h2>Skipped</h2>", _table(["variant", "runtime", "reason"], rows) if rows
-            else '<p class="empty">Nothing was skipped.</p>', "</body></html>"]
+            else '<p class="empty">Nothing was skipped.</p>']
+    out += _setup(report) + ["</body></html>"]
     return "\n".join(out) + "\n"
