@@ -238,7 +238,8 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     want = json.loads((reference / "report.json").read_text())
     assert _stable(got) == _stable(want)
     assert len(got["settings"]["sessions"]) >= 2
-    assert not all(r["baseline_same_process"] for r in got["results"])
+    # Latencies came from two processes, but every speed-up comes from the one speed cell's interleaved rounds.
+    assert all(r["baseline_same_process"] for r in got["results"])
 
 
 def test_ctrl_c_exits_130_and_keeps_nothing_half_written(tmp_path):

@@ -10,8 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from qdeploy import evaluation, exporters, models, pipeline, quantization, runtimes
+from qdeploy import baseline, evaluation, exporters, models, quantization, runtimes
 from qdeploy.errors import ConfigError
+from qdeploy.evaluation import stats
 from qdeploy.evaluation.language import token_logprobs, windows
 from qdeploy.tasks import for_generation
 
@@ -39,9 +40,9 @@ def decoders(stories, tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("stories")
     onnx = exporters.export(stories, "text-generation", "onnx", out / "onnx")
     openvino = exporters.export(stories, "text-generation", "openvino", out / "openvino")
-    baseline = pipeline.baseline_artifact(stories, "text-generation", ["input_ids", "attention_mask", "position_ids"],
-                                          pad_token_id=tokenizer.pad_token_id)
-    return {"torch": runtimes.load(baseline, "torch"), "ort-cpu": runtimes.load(onnx, "ort-cpu"),
+    fp32 = baseline.baseline_artifact(stories, "text-generation", ["input_ids", "attention_mask", "position_ids"],
+                                      pad_token_id=tokenizer.pad_token_id)
+    return {"torch": runtimes.load(fp32, "torch"), "ort-cpu": runtimes.load(onnx, "ort-cpu"),
             "openvino-cpu": runtimes.load(openvino, "openvino-cpu"), "artifacts": {"onnx": onnx, "openvino": openvino}}
 
 
@@ -94,7 +95,7 @@ def test_sampling_is_seeded(decoders, tokenizer):
 
 def test_perplexity_matches_the_published_figure_on_every_runtime(decoders, tokenizer):
     ctx = evaluation.EvalContext(tokenizer, ["input_ids", "attention_mask"], max_positions=512)
-    values = {rt: evaluation.metric("perplexity").evaluate(decoders[rt], ctx, TINYSTORIES)[0]
+    values = {rt: evaluation.metric("perplexity").evaluate(decoders[rt], ctx, TINYSTORIES).value
               for rt in ("torch", "ort-cpu", "openvino-cpu")}
     for runtime, value in values.items():
         # The published 3.17 truncates documents at 512 tokens; the sliding window also scores their remainder.
@@ -128,7 +129,7 @@ def test_lastword_and_choice_metrics(decoders, tokenizer, tmp_path):
     )]
     lambada = tmp_path / "lambada.jsonl"
     lambada.write_text("\n".join(lines) + "\n")
-    value, _ = evaluation.metric("lastword").evaluate(decoders["torch"], ctx, lambada)
+    value = evaluation.metric("lastword").evaluate(decoders["torch"], ctx, lambada).value
     assert value in (0.0, 0.5, 1.0)
     items = tmp_path / "choice.jsonl"
     items.write_text("\n".join(json.dumps(r) for r in (
@@ -137,21 +138,49 @@ def test_lastword_and_choice_metrics(decoders, tokenizer, tmp_path):
         {"context": "She was very happy and she", "endings": ["banana window the.", "smiled at her mom."], "label": 1},
     )) + "\n")
     for name in ("choice", "choice-norm"):
-        scores = {rt: evaluation.metric(name).evaluate(decoders[rt], ctx, items)[0] for rt in ("torch", "ort-cpu")}
+        scores = {rt: evaluation.metric(name).evaluate(decoders[rt], ctx, items).value for rt in ("torch", "ort-cpu")}
         assert scores["torch"] == scores["ort-cpu"] == 1.0  # a trained model prefers the real continuation
     items.write_text(json.dumps({"context": "x", "endings": ["a"], "label": 3}) + "\n")
     with pytest.raises(Exception, match="label 3 does not index its 1 endings"):
         evaluation.metric("choice").read(items)
 
 
+def test_language_metrics_carry_items_that_pair_with_fp32(decoders, tokenizer, tmp_path):
+    """Every language metric's per-item statistics aggregate to its value and pair item by item with the baseline's;
+    ONNX Runtime against PyTorch differs by float rounding only, so each comparison qualifies."""
+    ctx = evaluation.EvalContext(tokenizer, ["input_ids", "attention_mask"], max_positions=512)
+    choice = tmp_path / "choice.jsonl"
+    choice.write_text(json.dumps({"context": "Once upon a time, there was a little",
+                                  "endings": ["girl named Lily.", "purple of the the"], "label": 0}) + "\n")
+    paths = {"perplexity": TINYSTORIES, "lastword": TINYSTORIES, "choice": choice}
+    shapes = {"perplexity": (11, 2), "choice": (1, 1), "token-agreement": (16, 2), "kl": (16, 2)}
+    for name in ("perplexity", "lastword", "choice", "token-agreement", "kl"):
+        metric = evaluation.metric(name)
+        base = metric.evaluate(decoders["torch"], ctx, paths.get(name))
+        if base.raw is not None:
+            ctx.reference[name] = base.raw
+        score = metric.evaluate(decoders["ort-cpu"], ctx, paths.get(name))
+        for s in (base, score):
+            assert float(metric.aggregate(s.items)) == pytest.approx(s.value, rel=1e-12, abs=1e-15), name
+            low, high = stats.interval(metric, s.items)
+            assert low - 1e-9 <= s.value <= high + 1e-9, (name, low, s.value, high)
+        assert score.items.shape == base.items.shape == shapes.get(name, base.items.shape), name
+        pair = stats.paired(metric, score.items, base.items)
+        assert stats.judge(metric, score.value, base.value, pair).qualifies, (name, pair)
+
+
 def test_weight_only_int8_keeps_perplexity_within_two_percent(decoders, tokenizer, tmp_path):
     ctx = evaluation.EvalContext(tokenizer, ["input_ids", "attention_mask"], max_positions=512)
-    fp32 = evaluation.metric("perplexity").evaluate(decoders["openvino-cpu"], ctx, TINYSTORIES)[0]
+    perplexity = evaluation.metric("perplexity")
+    fp32 = perplexity.evaluate(decoders["openvino-cpu"], ctx, TINYSTORIES)
     int8 = quantization.quantize(decoders["artifacts"]["openvino"], quantization.make_config("nncf-weight-int8"),
                                  tmp_path / "int8")
     assert int8.manifest.runtime_config["decoder"]["stateful"] is True
-    value = evaluation.metric("perplexity").evaluate(runtimes.load(int8, "openvino-cpu"), ctx, TINYSTORIES)[0]
-    assert abs(value - fp32) / fp32 < 0.02, (fp32, value)
+    score = perplexity.evaluate(runtimes.load(int8, "openvino-cpu"), ctx, TINYSTORIES)
+    assert abs(score.value - fp32.value) / fp32.value < 0.02, (fp32.value, score.value)
+    # judged as the report does: document by document against fp32, on the paired interval (2 % relative)
+    verdict = stats.judge(perplexity, score.value, fp32.value, stats.paired(perplexity, score.items, fp32.items))
+    assert verdict.qualifies, verdict
 
 
 def _tiny(kind: str):
@@ -260,6 +289,6 @@ def test_static_int8_calibrates_a_decoder_with_its_cache(decoders, tokenizer, tm
                                      tmp_path / method, calibration)
     decoder = runtimes.load(artifact, "ort-cpu")
     ctx = evaluation.EvalContext(tokenizer, ["input_ids", "attention_mask"], max_positions=512)
-    value = evaluation.metric("perplexity").evaluate(decoder, ctx, TINYSTORIES)[0]
+    value = evaluation.metric("perplexity").evaluate(decoder, ctx, TINYSTORIES).value
     assert PUBLISHED_PERPLEXITY < value < PUBLISHED_PERPLEXITY * 1.05, value  # int8 costs a little, not a lot
     assert decoder.generate(np.array([[1, 403, 407, 261, 378]]), max_new_tokens=8).shape == (1, 8)

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from qdeploy import evaluation, exporters, models, pipeline, runtimes
+from qdeploy import baseline, evaluation, exporters, models, pipeline, runtimes
 from qdeploy.errors import ConfigError, InputError, UnsupportedError
 from qdeploy.evaluation.seq2seq_metrics import read_parallel, summary_scores, translation_scores
 from qdeploy.plan import MethodSpec, Plan
@@ -66,8 +66,8 @@ def bart(tmp_path_factory):
     out = tmp_path_factory.mktemp("bart")
     source = tiny_model("bart", out / "model")
     onnx = exporters.export(source, TASK, "onnx", out / "onnx")
-    baseline = pipeline.baseline_artifact(source, TASK, ["input_ids", "attention_mask"])
-    return {"source": source, "onnx": onnx, "torch": runtimes.load(baseline, "torch"),
+    fp32 = baseline.baseline_artifact(source, TASK, ["input_ids", "attention_mask"])
+    return {"source": source, "onnx": onnx, "torch": runtimes.load(fp32, "torch"),
             "ort-cpu": runtimes.load(onnx, "ort-cpu")}
 
 
@@ -156,7 +156,8 @@ def test_bleu_and_rouge_are_equal_on_torch_and_ort(bart, tokenizer):
     rouge = {rt: summary_scores(bart[rt], ctx, f"{CNNDM}:3") for rt in ("torch", "ort-cpu")}
     assert set(rouge["torch"]) >= {"rouge1", "rouge2", "rougeL", "rougeLsum"}
     assert rouge["ort-cpu"] == rouge["torch"]
-    assert evaluation.metric("bleu").evaluate(bart["torch"], ctx, f"{WMT_EN},{WMT_RO}:6")[0] == bleu["torch"]["bleu"]
+    score = evaluation.metric("bleu").evaluate(bart["torch"], ctx, f"{WMT_EN},{WMT_RO}:6")
+    assert score.value == bleu["torch"]["bleu"] and score.items.shape == (6, 10)
 
 
 def test_metric_specs_fail_clearly(tmp_path):
@@ -195,8 +196,8 @@ def test_tiny_architectures_export_and_generate_like_pytorch_on_every_runtime(ki
 
     tokenizer = AutoTokenizer.from_pretrained(str(source.path))
     batch = _sentences(tokenizer)
-    baseline = pipeline.baseline_artifact(source, TASK, ["input_ids", "attention_mask"])
-    expected = runtimes.load(baseline, "torch").generate(batch["input_ids"], batch["attention_mask"], 10,
+    fp32 = baseline.baseline_artifact(source, TASK, ["input_ids", "attention_mask"])
+    expected = runtimes.load(fp32, "torch").generate(batch["input_ids"], batch["attention_mask"], 10,
                                                          eos_token_id=None)
     for fmt, runtime in (("onnx", "ort-cpu"), ("openvino", "openvino-cpu")):
         artifact = exporters.export(source, TASK, fmt, tmp_path / f"{kind}-{fmt}")
@@ -233,12 +234,18 @@ def test_chrf_and_rouge_variants_share_one_generation(bart, tokenizer):
 
     ctx = evaluation.EvalContext(tokenizer, ["input_ids", "attention_mask"], max_positions=128)
     spec = f"{WMT_EN},{WMT_RO}:3"
-    bleu = evaluation.metric("bleu").evaluate(bart["ort-cpu"], ctx, spec)[0]
+    bleu = evaluation.metric("bleu").evaluate(bart["ort-cpu"], ctx, spec).value
     first = seq2seq_metrics._LAST["value"]
-    chrf = evaluation.metric("chrf").evaluate(bart["ort-cpu"], ctx, spec)[0]
+    chrf = evaluation.metric("chrf").evaluate(bart["ort-cpu"], ctx, spec).value
     assert seq2seq_metrics._LAST["value"] is first  # the translations were not generated again
     assert (bleu, chrf) == (first["bleu"], first["chrf"]) and 0 <= chrf <= 100
     evaluation.metric("chrf").evaluate(bart["torch"], ctx, spec)
     assert seq2seq_metrics._LAST["value"] is not first  # another session generates its own
     for name in ("rouge-1", "rouge-2", "rouge-l"):
-        assert 0 <= evaluation.metric(name).evaluate(bart["torch"], ctx, f"{CNNDM}:2")[0] <= 100
+        assert 0 <= evaluation.metric(name).evaluate(bart["torch"], ctx, f"{CNNDM}:2").value <= 100
+    # per-segment statistics (summaries, sentences) that aggregate to exactly the value
+    for name, path, count in (("bleu", spec, 3), ("chrf", spec, 3), ("rouge", f"{CNNDM}:2", 2),
+                              ("seq2seq-agreement", None, 8)):
+        metric = evaluation.metric(name)
+        score = metric.evaluate(bart["torch"], ctx, path)
+        assert len(score.items) == count and metric.aggregate(score.items) == score.value, name

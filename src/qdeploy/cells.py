@@ -40,6 +40,9 @@ class CellStore:
         tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
         os.replace(tmp, path)
 
+    def drop(self, kind: str, name: str) -> None:
+        self._path(kind, name).unlink(missing_ok=True)
+
     def get_array(self, kind: str, name: str) -> np.ndarray | None:
         path = self._path(kind, name, ".npy")
         return np.load(path) if path.is_file() else None

@@ -105,9 +105,12 @@ def cmd_bench(args, console):
 
 
 def cmd_package(args, console):
-    from .package import package
+    from .package import package, recommended_artifact
 
-    print(package(args.artifact, args.out, args.report))
+    artifact = recommended_artifact(args.artifact, args.batch) if args.recommended else args.artifact
+    if args.recommended:
+        console.print(f"packaging the recommended artifact {artifact}")
+    print(package(artifact, args.out, args.report))
 
 
 def cmd_compare(args, console):
@@ -165,28 +168,51 @@ def _progress(console):
     return RichProgress(console)
 
 
+def _print_recommendation(console, report):
+    from rich.markup import escape
+
+    for choice in (report.get("recommendation") or {}).get("choices", []):
+        where = f"batch {choice['batch']}" + (f" on {choice['machine']}" if len(report.get("machines") or {}) > 1 else "")
+        console.print(f"[bold green]{where}: {escape(choice['headline'])}[/bold green]")
+        for reason in choice["reasons"]:
+            console.print(f"  {escape(reason)}")
+    choice = (report.get("settings") or {}).get("threads_choice")
+    if isinstance(choice, dict) and choice.get("reason"):
+        console.print(f"threads: {escape(choice['reason'])}")
+
+
 def _print_table(console, report):
+    from rich.markup import escape
     from rich.table import Table
 
+    _print_recommendation(console, report)
     machines = report.get("machines") or {}
     where = report['machine']['cpu_model'] if len(machines) <= 1 else f"{len(machines)} machine types"
     table = Table(title=f"{report['model']['source']} ({report['model']['task']}) on {where}")
-    columns = ("machine",) * (len(machines) > 1) + ("variant", "runtime", "batch", "p50 ms", "speed-up", "size MB",
-                                                   "quality", "Δ vs fp32")
+    columns = ("machine",) * (len(machines) > 1) + ("variant", "runtime", "batch", "p50 ms", "speed-up (95 % CI)",
+                                                   "size MB", "quality", "Δ vs fp32", "")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("machine", "variant", "runtime") else "right")
+        table.add_column(column, justify="left" if column in ("machine", "variant", "runtime", "") else "right")
     for row in report["results"]:
         q = row.get("quality") or {}
-        speed = row.get("speedup_vs_fp32")
+        speed, interval = row.get("speedup_vs_fp32"), row.get("speedup_interval")
+        speed_text = "-" if not speed else f"{speed:.2f}x" + (f" ({interval[0]:.2f}-{interval[1]:.2f})"
+                                                              if interval else "")
+        verdict = (q.get("verdict") or {})
+        delta = "-" if q.get("delta") is None else f"{q['delta']:+.4f}" + ("" if verdict.get("qualifies", True)
+                                                                          else " ✗")
         table.add_row(*(row.get("machine", ""),) * (len(machines) > 1), row["variant"], row["runtime"],
-                      str(row["batch"]), f"{row['latency_ms']['p50']:.2f}",
-                      f"{speed:.2f}x" if speed else "-", f"{row['size_mb']:.1f}",
-                      f"{q.get('metric')} {q.get('value'):.4f}" if q else "-",
-                      f"{q['delta']:+.4f}" if q.get("delta") is not None else "-")
+                      str(row["batch"]), f"{row['latency_ms']['p50']:.2f}", speed_text, f"{row['size_mb']:.1f}",
+                      f"{q.get('metric')} {q.get('value'):.4f}" if q else "-", delta,
+                      "[yellow]busy[/yellow]" if row.get("busy_reasons") else "")
     console.print(table)
+    busy = dict.fromkeys(r for row in report["results"] for r in row.get("busy_reasons") or [])
+    if busy:
+        console.print(f"[yellow]busy[/yellow]: the machine was busy while timing ({escape('; '.join(busy))}); the "
+                      "ratios come from interleaved rounds, use --strict-timing to refuse such a run")
     for skip in report.get("skipped", []):
         on = f" ({skip['machine']})" if skip.get("machine") else ""
-        console.print(f"[yellow]not run[/yellow] {skip['variant']} on {skip['runtime']}{on}: {skip['reason']}")
+        console.print(f"[yellow]not run[/yellow] {skip['variant']} on {skip['runtime']}{on}: {escape(skip['reason'])}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,7 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing", type=_csv(str), default=["model"], help="model and/or end-to-end (see `run --help`)")
     p.add_argument("--json", metavar="FILE", help="also write the measurements (with stdev, cv and what was timed)")
     p = sub.add_parser("package", help="make a self-contained deployment directory or .tar.gz from an artifact")
-    p.add_argument("artifact", help="an artifact directory (e.g. runs/<run>/artifacts/ort-static)")
+    p.add_argument("artifact", help="an artifact directory (e.g. runs/<run>/artifacts/ort-static), or with "
+                                    "--recommended a run directory")
+    p.add_argument("--recommended", action="store_true", help="package the artifact the run's report recommends")
+    p.add_argument("--batch", type=int, help="with --recommended: the batch size whose recommendation to take")
     p.add_argument("--out", required=True, help="directory to create, or a name ending in .tar.gz")
     p.add_argument("--report", help="report.json whose measurements to include (default: the artifact's run)")
     p = sub.add_parser("compare", help="merge the reports of several runs (machines, runtimes, threads) into one")

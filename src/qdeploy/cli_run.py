@@ -44,6 +44,19 @@ def _eval_pairs(pairs):
     return evals
 
 
+def _tolerances(pairs):
+    tolerance = {}
+    for pair in pairs:
+        name, sep, amount = pair.partition("=")
+        try:
+            tolerance[name.strip()] = float(amount)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ConfigError(f"--tolerance {pair!r} must look like METRIC=AMOUNT (e.g. accuracy=0.01)")
+    return tolerance
+
+
 def _add_run(sub):
     p = sub.add_parser("run", help="export, quantize, run and measure a model; write a report",
                        description="Run a plan (the built-in default when no flag is given). Each flag overrides the "
@@ -67,6 +80,12 @@ def _add_run(sub):
     p.add_argument("--warmup", type=int, help="warm-up iterations per measurement")
     p.add_argument("--min-reps", type=int, help="minimum timed iterations per measurement")
     p.add_argument("--min-time-s", type=float, help="minimum timed seconds per measurement")
+    p.add_argument("--rounds", type=int, help="interleaved timing rounds for speed-ups (default 15, at least 6)")
+    p.add_argument("--strict-timing", action="store_true", default=None,
+                   help="fail instead of marking rows when the machine was busy while timing")
+    p.add_argument("--tolerance", action="append", metavar="METRIC=AMOUNT",
+                   help="largest quality loss that still qualifies a variant, in the metric's units "
+                        "(e.g. accuracy=0.01 for 1 point; perplexity=0.02 for 2 %%); repeatable")
     p.add_argument("--throughput-streams", type=int,
                    help="also measure throughput with N concurrent streams (each with cores/N threads)")
     p.add_argument("--new-tokens", type=int,
@@ -92,7 +111,8 @@ def _plan_from_args(args):
     data = base.to_dict()
     simple = {"model": args.model, "task": args.task, "runtimes": args.runtimes, "batch_sizes": args.batch_sizes,
               "seq_len": args.seq_len, "threads": args.threads, "warmup": args.warmup, "min_reps": args.min_reps,
-              "min_time_s": args.min_time_s, "throughput_streams": args.throughput_streams,
+              "min_time_s": args.min_time_s, "rounds": args.rounds, "strict_timing": args.strict_timing,
+              "throughput_streams": args.throughput_streams,
               "new_tokens": args.new_tokens, "timing": args.timing, "out": args.out, "allow_pickle": args.allow_pickle,
               "trust_remote_code": args.trust_remote_code,
               "executor": args.executor, "address": args.address, "storage": args.storage, "retries": args.retries}
@@ -114,4 +134,6 @@ def _plan_from_args(args):
         data["calibration"]["samples"] = args.calibration_samples
     if args.eval:
         data["eval"] = {**data["eval"], **_eval_pairs(args.eval)}
+    if args.tolerance:
+        data["tolerance"] = {**data["tolerance"], **_tolerances(args.tolerance)}
     return plans.from_dict(data, where="run flags")

@@ -17,6 +17,10 @@ class UnsupportedError(QdeployError):
     """A task, architecture, method or runtime that cannot handle the request (here, or at all)."""
 
 
+class BusyMachineError(QdeployError):
+    """Timing that other work on the machine disturbed, where the run was asked to be strict about it."""
+
+
 class ExportValidationError(QdeployError):
     """An exported graph whose outputs differ from PyTorch beyond the tolerance."""
 

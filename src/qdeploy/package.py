@@ -15,23 +15,68 @@ from .errors import InputError
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
 
-def _measured(artifact: Artifact, report_path: Path | None) -> list[dict]:
+def _read_report(report_path: Path) -> dict:
+    try:
+        return json.loads(Path(report_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read report {report_path}: {exc}") from None
+
+
+def _measured(artifact: Artifact, report_path: Path | None) -> tuple[list[dict], list[dict]]:
+    """The artifact's rows in its run's report, and the recommendations that name it."""
     if report_path is None:
         guess = artifact.directory.parent.parent / "report.json"  # runs/<run>/artifacts/<variant>
         report_path = guess if guess.is_file() else None
     if report_path is None:
-        return []
-    try:
-        report = json.loads(Path(report_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read report {report_path}: {exc}") from None
-    keep = ("runtime", "batch", "seq_len", "latency_ms", "throughput_per_s", "speedup_vs_fp32", "quality", "qualities",
-            "peak_rss_mb")
+        return [], []
+    report = _read_report(report_path)
+    keep = ("runtime", "batch", "seq_len", "latency_ms", "throughput_per_s", "speedup_vs_fp32", "speedup_interval",
+            "busy_reasons", "quality", "qualities", "peak_rss_mb", "rss_delta_mb")
     rows = [{k: r.get(k) for k in keep} for r in report.get("results", []) if r.get("variant") == artifact.name]
-    return [{**row, "machine": report.get("machine", {}).get("cpu_model")} for row in rows]
+    chosen = [c for c in (report.get("recommendation") or {}).get("choices", []) if c.get("variant") == artifact.name]
+    return [{**row, "machine": report.get("machine", {}).get("cpu_model")} for row in rows], chosen
 
 
-def _readme(artifact: Artifact, name: str, measured: list[dict]) -> str:
+def recommended_artifact(run_dir: str | Path, batch: int | None = None) -> Path:
+    """The artifact directory a run recommends (for one batch size when the recommendations differ by batch)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "report.json").is_file():
+        raise InputError(f"--recommended needs a run directory holding report.json; {run_dir} has none")
+    choices = (_read_report(run_dir / "report.json").get("recommendation") or {}).get("choices") or []
+    if batch is not None:
+        choices = [c for c in choices if c.get("batch") == batch]
+    if not choices:
+        raise InputError(f"{run_dir}/report.json holds no recommendation" + (f" for batch {batch}" if batch else ""))
+    variants = sorted({c["variant"] for c in choices})
+    if len(variants) > 1:
+        per_batch = ", ".join(f"batch {c['batch']}: {c['variant']}" for c in choices)
+        raise InputError(f"the recommendation differs by batch size ({per_batch}); choose one with --batch")
+    if variants[0] == "pytorch-fp32":
+        raise InputError("the recommendation is the PyTorch fp32 model itself, which is not an artifact: "
+                         f"ship the source model ({choices[0]['headline']})")
+    return run_dir / "artifacts" / variants[0]
+
+
+def _speed(row: dict) -> str:
+    speed, interval = row.get("speedup_vs_fp32"), row.get("speedup_interval")
+    if not speed:
+        return "-"
+    return f"{speed:.2f}x" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
+
+
+def _quality(q: dict) -> str:
+    if not q:
+        return "-"
+    text = f"{q.get('metric', '-')} {q.get('value', '')}"
+    if q.get("interval"):
+        text += f" [{q['interval'][0]:.4g}, {q['interval'][1]:.4g}]"
+    if q.get("delta") is not None:
+        text += f" (delta {q['delta']:+.4g}"
+        text += f", {q['verdict']['phrase']})" if (q.get("verdict") or {}).get("phrase") else ")"
+    return text
+
+
+def _readme(artifact: Artifact, name: str, measured: list[dict], chosen: list[dict]) -> str:
     m = artifact.manifest
     method = (m.method or {}).get("name", "none (fp32 export)")
     lines = [
@@ -49,15 +94,20 @@ def _readme(artifact: Artifact, name: str, measured: list[dict]) -> str:
         f"- built on: {m.built_on.get('cpu_model')} with "
         f"{', '.join(k for k, v in m.built_on.get('isa', {}).items() if v) or 'no listed ISA extensions'}",
     ]
+    if chosen:
+        lines += ["", "## Why this artifact", ""]
+        lines += [f"- batch {c['batch']} on {c['machine']}: {c['headline']}" + "".join(f"; {r}" for r in c["reasons"])
+                  for c in chosen]
     if measured:
-        lines += ["", "## Measured", "", "| machine | runtime | batch | seq | p50 ms | speed-up vs PyTorch fp32 | quality |",
-                  "|---|---|---:|---:|---:|---:|---|"]
+        lines += ["", "## Measured", "",
+                  "Speed-ups are medians of per-round ratios to PyTorch fp32 timed alternately in the same run, with "
+                  "their 95 % interval; quality has its 95 % interval and the paired comparison with fp32.", "",
+                  "| machine | runtime | batch | seq | p50 ms | speed-up vs PyTorch fp32 | quality | note |",
+                  "|---|---|---:|---:|---:|---:|---|---|"]
         for r in measured:
-            q = r.get("quality") or {}
-            speed = r.get("speedup_vs_fp32")
+            note = "busy: " + "; ".join(r["busy_reasons"]) if r.get("busy_reasons") else ""
             lines.append(f"| {r['machine']} | {r['runtime']} | {r['batch']} | {r['seq_len']} | "
-                         f"{r['latency_ms']['p50']:.2f} | {f'{speed:.2f}x' if speed else '-'} | "
-                         f"{q.get('metric', '-')} {q.get('value', '')} (delta {q.get('delta', '')}) |")
+                         f"{r['latency_ms']['p50']:.2f} | {_speed(r)} | {_quality(r.get('quality') or {})} | {note} |")
     return "\n".join(lines) + "\n"
 
 
@@ -68,7 +118,7 @@ def package(artifact_dir: str | Path, out: str | Path, report: str | Path | None
     directory = out.with_name(out.name.split(".t")[0]) if archive else out
     if archive and out.exists():
         raise InputError(f"{out} already exists; choose another --out")
-    measured = _measured(artifact, Path(report) if report else None)
+    measured, chosen = _measured(artifact, Path(report) if report else None)
     with staging(directory) as tmp:
         for rel in artifact.manifest.files:
             if rel == "README.md":
@@ -78,8 +128,9 @@ def package(artifact_dir: str | Path, out: str | Path, report: str | Path | None
             shutil.copy2(safe_join(artifact.directory, rel), target)
         manifest = artifact.manifest
         manifest.package = {"name": directory.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                            "qdeploy_version": __version__, "from": str(artifact.directory), "measured": measured}
-        (tmp / "README.md").write_text(_readme(artifact, directory.name, measured), encoding="utf-8")
+                            "qdeploy_version": __version__, "from": str(artifact.directory), "measured": measured,
+                            "recommended": chosen}
+        (tmp / "README.md").write_text(_readme(artifact, directory.name, measured, chosen), encoding="utf-8")
         finalize(tmp, manifest)
     if not archive:
         return directory

@@ -15,21 +15,24 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, evaluation, executors, models, quantization, runtimes
-from .artifact import Artifact, Manifest
+from .artifact import Artifact
+from .baseline import BASELINE, FP32_VARIANTS, relate, tolerance_for
 from .benchmarking import TIMINGS, LatencyScenario
 from .calibration import CalibrationSource
 from .cells import PLAN_FILE, CellStore, remove_stale_staging
 from .config import to_dict
-from .errors import ConfigError, UnsupportedError
+from .errors import BusyMachineError, ConfigError, UnsupportedError
 from .executors import Cell
 from .machine import describe
 from .plan import MachineSpec, Plan
 from .progress import Progress, Silent
 from .report import write_reports
+from .report.recommend import recommend
 from .storage import Storage
 from .tasks import architecture, check_task
 from .tasks import task as get_task
-from .work import BASELINE, FP32_VARIANTS, RunContext, bench_cell, export_cell, quality_cell, quantize_cell
+from .work import (RunContext, bench_cell, export_cell, quality_cell, quantize_cell,
+                   speed_cell)
 
 AUTO = "auto"  # every registered runtime; those missing here are listed as not run
 
@@ -68,6 +71,10 @@ def check(plan: Plan) -> Checked:
             metric.read(path)  # a file the metric cannot parse fails now, not after the exports
         if name not in metrics:
             metrics.append(name)
+    unknown = sorted(set(plan.tolerance) - set(metrics))
+    if unknown:
+        raise ConfigError(f"tolerance names {', '.join(unknown)}, which this run does not measure; it measures "
+                          f"{', '.join(metrics)}")
     if not plan.batch_sizes or min(plan.batch_sizes) < 1 or plan.seq_len < 2:
         raise ConfigError("batch sizes must be >= 1 and the sequence length >= 2")
     if "model" not in plan.timing:
@@ -96,22 +103,6 @@ def check(plan: Plan) -> Checked:
 def default_out(source: models.ModelSource) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{source.name}-{stamp}"
-
-
-def baseline_artifact(source: models.ModelSource, task_name: str, input_names: list[str],
-                      trust_remote_code: bool = False, pad_token_id: int = 0) -> Artifact:
-    """The source model itself, run by PyTorch eager; never written (the source may be read-only)."""
-    runtime_config: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if get_task(task_name).generative:
-        config = json.loads((source.path / "config.json").read_text())
-        eos = config.get("eos_token_id")
-        runtime_config["decoder"] = {"pad_token_id": pad_token_id, "eos_token_id": eos if isinstance(eos, int) else None}
-    if get_task(task_name).exporter == "seq2seq":
-        runtime_config["seq2seq"] = {}  # PyTorch reads the start, pad and eos ids from the model's config
-    manifest = Manifest(format="pytorch", model_file="config.json", precision="fp32", task=task_name,
-                        source=source.describe(), inputs=input_names, outputs=list(get_task(task_name).outputs),
-                        runtime_config=runtime_config)
-    return Artifact(source.path, manifest)
 
 
 def _max_positions(source: models.ModelSource) -> int | None:
@@ -174,7 +165,7 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
         stages = _Stages(checked, work, store, executor, progress)
         variants = stages.build()
         rows, machines, threads = stages.measure(variants)
-    _relate_to_baseline(rows)
+    relate(rows, {m: tolerance_for(m, plan) for m in checked.metrics})
     for record in variants:
         record["path"] = f"artifacts/{record['name']}" if default_storage else f"{plan.storage}/{record['name']}"
     single = len(machines) == 1
@@ -191,6 +182,12 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
                      **to_dict(LatencyScenario(warmup=plan.warmup, min_reps=plan.min_reps,
                                                min_time_s=plan.min_time_s)),
                      "throughput_streams": plan.throughput_streams,
+                     "speed-up": f"median of per-round ratios over {plan.rounds} interleaved rounds (the reference, "
+                                 "each variant and its runtime's fp32 timed alternately in one process), with the "
+                                 "distribution-free 95 % interval of the median",
+                     "threads_choice": (next(iter(stages.thread_choices.values()), None) if single
+                                        else stages.thread_choices),
+                     "tolerance": {m: tolerance_for(m, plan).describe() for m in checked.metrics},
                      "measured": {t: TIMINGS.get(t).what for t in plan.timing},
                      "baseline": f"{BASELINE} on torch, same inputs, same machine type; same process unless "
                                  "baseline_same_process is false (a resumed run, or a restarted worker)",
@@ -201,6 +198,7 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
         "skipped": stages.skipped,
         "results": rows,
     }
+    report["recommendation"] = recommend(report).to_dict()
     if plan.machines:
         _write_machine_reports(out, report)
     return write_reports(out, report)
@@ -218,6 +216,7 @@ def _write_machine_reports(out: Path, report: dict[str, Any]) -> None:
                "settings": {**report["settings"], "threads": threads.get(name) if isinstance(threads, dict) else threads},
                "results": [r for r in report["results"] if r.get("machine") == name],
                "skipped": [s for s in report["skipped"] if s.get("machine") in (name, None)]}
+        one["recommendation"] = recommend(one).to_dict()
         write_reports(out / "machines" / name, one)
         per_machine.append(one)
     if len(per_machine) > 1:
@@ -268,6 +267,18 @@ class _Stages:
         arrays = {m: self.store.get_array("reference", f"{m}@{cell.machine.name}") for m in self.work.metrics}
         return {m: a for m, a in arrays.items() if a is not None}
 
+    def _check_strict(self, speeds: dict[str, dict[str, Any]]) -> None:
+        """--strict-timing: a busy measurement is an error; its cell is forgotten so that --resume times it again."""
+        if not self.plan.strict_timing:
+            return
+        for machine, speed in speeds.items():
+            for batch, timed in (speed.get("batches") or {}).items():
+                if timed.get("busy"):
+                    self.store.drop("speed", machine)
+                    raise BusyMachineError(f"the machine was busy while timing batch {batch} on {machine} "
+                                           f"({'; '.join(timed['busy'])}); everything else is kept: run again with "
+                                           f"--resume {self.store.root.parent} when it is idle")
+
     def build(self) -> list[dict[str, Any]]:
         checked, work = self.checked, self.work
         wanted = {quantization.method(name).input_format for _, name, _ in checked.method_configs}
@@ -308,12 +319,16 @@ class _Stages:
                 cells.append(Cell(key, "quality", quality_cell, (self.work, name, runtime, cpus), machine, needs))
             cells += [Cell(f"bench:{name}@{runtime}@{machine.name}", "bench", bench_cell,
                            (self.work, name, runtime, cpus), machine) for name, runtime in pairs]
+            # Last on its machine: every session is loaded again and timed in alternating rounds.
+            cells.append(Cell(f"speed:{machine.name}", "bench", speed_cell, (self.work, pairs, cpus), machine))
         results = self._run("measure", cells)
+        speeds = {cell.machine.name: results[cell.key] for cell in cells if cell.key.startswith("speed:")}
+        self._check_strict(speeds)
         rows: list[dict[str, Any]] = []
         described: dict[str, Any] = {}
         threads: dict[str, Any] = {}
         for cell in cells:
-            if cell.kind != "bench":
+            if cell.kind != "bench" or cell.key in (f"speed:{m}" for m in speeds):
                 continue
             machine, (name, runtime) = cell.machine.name, cell.args[1:3]
             bench = results[cell.key]
@@ -325,44 +340,18 @@ class _Stages:
                 continue
             described.setdefault(machine, bench["machine"])
             threads.setdefault(machine, bench["threads"])
+            speed = speeds.get(machine) or {}
             for row in bench["rows"]:
+                timed = ((speed.get("batches") or {}).get(str(row["batch"])) or {})
                 rows.append({**row, "machine": machine, "qualities": list(quality.get("qualities", [])),
-                             "session": bench["session"]})
+                             "items": quality.get("items") or {}, "session": bench["session"],
+                             "speed": (timed.get("rows") or {}).get(f"{name}@{runtime}"),
+                             "speed_reference": speed.get("reference"), "speed_session": speed.get("session"),
+                             "busy_reasons": list(timed.get("busy") or []), "load": timed.get("load")})
+            if speed.get("not_timed", {}).get(f"{name}@{runtime}"):
+                self.skipped.append({"variant": name, "runtime": runtime, "machine": machine,
+                                     "reason": f"not in the interleaved timing: {speed['not_timed'][f'{name}@{runtime}']}"})
+        self.thread_choices = {m: s["threads_choice"] for m, s in speeds.items() if s.get("threads_choice")}
         if not described:
             described = {m.name: describe() for m in machines if not self.executor.unavailable(m)} or {"local": describe()}
         return rows, described, threads
-
-def _relate_to_baseline(rows: list[dict[str, Any]]) -> None:
-    """Speed-ups and quality deltas against the PyTorch fp32 rows of the same machine type, batch and length."""
-    base = {(r["machine"], r["batch"], r["seq_len"]): r for r in rows if r["variant"] == BASELINE}
-    base_quality = {(r["machine"], q["metric"]): q["value"] for r in base.values() for q in r["qualities"]}
-    # The second baseline: the same runtime running the fp32 artifact of the same format (what int8 alone buys).
-    runtime_base = {(r["machine"], r["runtime"], r["format"], r["batch"], r["seq_len"]): r for r in rows
-                    if r["variant"] in FP32_VARIANTS.values()}
-    for row in rows:
-        ref = base.get((row["machine"], row["batch"], row["seq_len"]))
-        row["speedup_vs_fp32"] = round(ref["latency_ms"]["p50"] / row["latency_ms"]["p50"], 3) if ref else None
-        for timing, measured in (row.get("timings") or {}).items():
-            ref_timing = ((ref or {}).get("timings") or {}).get(timing)
-            measured["speedup_vs_fp32"] = (round(ref_timing["latency_ms"]["p50"] / measured["latency_ms"]["p50"], 3)
-                                           if ref_timing else None)
-        if row.get("concurrent") and ref and ref.get("concurrent"):
-            row["concurrent"]["speedup_vs_fp32"] = round(row["concurrent"]["items_per_s"]
-                                                         / ref["concurrent"]["items_per_s"], 3)
-        same = runtime_base.get((row["machine"], row["runtime"], row["format"], row["batch"], row["seq_len"]))
-        row["speedup_vs_runtime_fp32"] = (round(same["latency_ms"]["p50"] / row["latency_ms"]["p50"], 3)
-                                          if same else None)
-        row["baseline_same_process"] = bool(ref) and ref["session"] == row["session"]
-        for q in row["qualities"]:
-            fp32 = base_quality.get((row["machine"], q["metric"]))
-            q["fp32_value"] = fp32
-            q["delta"] = None if fp32 is None else round(q["value"] - fp32, 6)
-            # Signed so that positive is better: a perplexity that rises is a loss.
-            higher = evaluation.metric(q["metric"]).higher_is_better
-            q["gain"] = None if q["delta"] is None else (q["delta"] if higher else -q["delta"])
-        gen, ref_gen = row.get("generation"), (ref or {}).get("generation")
-        if gen and ref_gen:
-            gen["decode_speedup_vs_fp32"] = round(gen["decode_tokens_per_s"] / ref_gen["decode_tokens_per_s"], 3)
-            gen["ttft_speedup_vs_fp32"] = round(ref_gen["ttft_ms"] / gen["ttft_ms"], 3)
-        row["quality"] = row["qualities"][-1] if row["qualities"] else None
-

@@ -62,6 +62,13 @@ class Plan:
     warmup: int = 5
     min_reps: int = 20
     min_time_s: float = 2.0
+    # Speed-ups: the baseline and every variant timed alternately in this many rounds (ratio per round; median and
+    # its 95 % interval over rounds)
+    rounds: int = 15
+    strict_timing: bool = False  # a measurement on a busy machine is an error instead of a marked row
+    # metric -> the largest loss that still qualifies a variant, in the metric's own units (accuracy 0.01 = 1 point;
+    # perplexity a fraction of fp32's; cosine the floor); unnamed metrics keep their defaults (`qdeploy list`)
+    tolerance: dict[str, float] = field(default_factory=dict)
     throughput_streams: int = 0  # > 0: also measure throughput with this many concurrent streams
     new_tokens: int = 64  # generative tasks: tokens decoded per request in the generation benchmark
     # model: tokenized inputs, model only (speed-ups use it); end-to-end: tokenization of the texts inside the timing
@@ -80,6 +87,7 @@ class Plan:
                            for m in self.methods]
         data["calibration"] = to_dict(self.calibration)
         data["eval"] = dict(self.eval)
+        data["tolerance"] = dict(self.tolerance)
         data["machines"] = [{"name": m.name, "resources": dict(m.resources), "gpus": m.gpus} for m in self.machines]
         return {"schema": PLAN_SCHEMA, **data}
 
@@ -153,12 +161,20 @@ def from_dict(data: dict[str, Any], where: str = "plan") -> Plan:
     if not isinstance(evals, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in evals.items()):
         raise ConfigError(f"{where}.eval must map metric names to file paths")
     machines = _machine_specs(data.pop("machines", None) or [], where)
+    tolerance = data.pop("tolerance", None) or {}
+    if not isinstance(tolerance, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+            for k, v in tolerance.items()):
+        raise ConfigError(f"{where}.tolerance must map metric names to non-negative numbers (e.g. accuracy: 0.01)")
     plan = build(Plan, data, where)
     if plan.retries < 0:
         raise ConfigError(f"{where}.retries must be >= 0")
     if plan.address and plan.executor != "ray":
         raise ConfigError(f"{where}: address {plan.address!r} is for the ray executor; add executor: ray")
-    return replace(plan, methods=methods, calibration=calibration, eval=dict(evals), machines=machines)
+    if plan.rounds < 6:
+        raise ConfigError(f"{where}.rounds must be >= 6 (a 95 % interval of the median ratio needs 6 rounds)")
+    return replace(plan, methods=methods, calibration=calibration, eval=dict(evals), machines=machines,
+                   tolerance={k: float(v) for k, v in tolerance.items()})
 
 
 def load(path: str | Path) -> Plan:

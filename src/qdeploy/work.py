@@ -16,9 +16,12 @@ import numpy as np
 
 from . import evaluation, exporters, quantization, runtimes
 from .artifact import Artifact
+from .baseline import BASELINE, FP32_VARIANTS, baseline_artifact
 from .benchmarking import (LatencyScenario, RssSampler, ThroughputScenario, benchmark_case, measure_concurrent,
                            measure_timings, throughput_runner)
 from .benchmarking.generation import GenerationScenario, generates, measure_generation
+from .benchmarking.interleaved import RoundsScenario, run_rounds
+from .benchmarking.threads import ThreadChoice, choose_threads
 from .calibration import CalibrationSource
 from .errors import QdeployError
 from .machine import describe
@@ -27,8 +30,6 @@ from .plan import Plan
 from .storage import Storage
 
 SESSION = uuid.uuid4().hex[:12]  # this process: rows measured here share it
-BASELINE = "pytorch-fp32"
-FP32_VARIANTS = {"onnx": "onnx-fp32", "openvino": "openvino-fp32"}
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,6 @@ class _Shared:
     def __init__(self, run: RunContext):
         from transformers import AutoTokenizer
 
-        from .pipeline import baseline_artifact
         from .tasks import architecture, for_generation, model_inputs
         from .tasks import task as get_task
 
@@ -118,6 +118,9 @@ class _Shared:
         self.feed_names = ["input_ids", "attention_mask"] if generative else input_names
         self.inputs = {b: benchmark_case(self.tokenizer, self.feed_names, b, plan.seq_len,
                                          max_positions=run.max_positions) for b in plan.batch_sizes}
+        self.thread_choice: ThreadChoice | None = None  # chosen on first use, by the cell that first needs threads
+
+
 
 
 _SHARED: dict[str, _Shared] = {}
@@ -140,28 +143,54 @@ def _artifact(run: RunContext, name: str) -> Artifact:
 
 
 def _threads(run: RunContext, cpus: int | None) -> int:
-    return run.plan.threads or cpus or describe()["cores_physical"] or 1
+    """The plan's threads when it names them; else one per core, or fewer when a probe on a busy machine found
+    fewer faster (decided once per process, on the PyTorch baseline, before anything is timed)."""
+    if run.plan.threads:
+        return run.plan.threads
+    return _thread_choice(run, cpus).threads
+
+
+def _thread_choice(run: RunContext, cpus: int | None) -> ThreadChoice:
+    shared = _shared(run)
+    default = cpus or describe()["cores_physical"] or 1
+    if run.plan.threads:
+        return ThreadChoice(run.plan.threads, f"{run.plan.threads}: set by the plan")
+    if shared.thread_choice is None:
+        batch = min(run.plan.batch_sizes)
+        shared.thread_choice = choose_threads(lambda t: runtimes.load(shared.baseline, "torch", t),
+                                              shared.inputs[batch].inputs, default)
+    return shared.thread_choice
 
 
 @timed
 def quality_cell(run: RunContext, name: str, runtime: str, cpus: int | None,
                  baseline: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The quality of one variant on one runtime. The baseline's cell returns its raw outputs as `references`;
-    a variant's cell is given that result, for the metrics that compare outputs with fp32."""
+    """The quality of one variant on one runtime, with its 95 % interval and its per-item statistics (`items`, which
+    the driver pairs with the baseline's and drops from the report). The baseline's cell returns its raw outputs as
+    `references`; a variant's cell is given that result, for the metrics that compare outputs with fp32."""
+    from .evaluation import stats
+
     try:
         shared = _shared(run)
         ctx = evaluation.EvalContext(shared.tokenizer, shared.feed_names, max_positions=run.max_positions)
         ctx.reference.update((baseline or {}).get("references") or {})
         session = runtimes.load(_artifact(run, name), runtime, _threads(run, cpus))
-        qualities, raws = [], {}
+        qualities, raws, items = [], {}, {}
         for metric_name in run.metrics:
-            value, raw = evaluation.metric(metric_name).evaluate(session, ctx, run.plan.eval.get(metric_name))
-            if name == BASELINE and raw is not None:
-                raws[metric_name] = np.asarray(raw)
-            qualities.append({"metric": metric_name, "value": round(value, 6)})
+            metric = evaluation.metric(metric_name)
+            score = metric.evaluate(session, ctx, run.plan.eval.get(metric_name))
+            if name == BASELINE and score.raw is not None:
+                raws[metric_name] = np.asarray(score.raw)
+            bounds = None
+            if score.items is not None:
+                items[metric_name] = score.items.tolist()
+                low, high = stats.interval(metric, score.items)
+                bounds = [round(low, 6), round(high, 6)] if np.isfinite([low, high]).all() else None
+            qualities.append({"metric": metric_name, "value": round(score.value, 6), "interval": bounds,
+                              "n": None if score.items is None else len(score.items)})
     except QdeployError as exc:
         return _skipped(exc)
-    return {"qualities": qualities, "references": raws, "session": SESSION}
+    return {"qualities": qualities, "references": raws, "items": items, "session": SESSION}
 
 
 @timed
@@ -178,7 +207,58 @@ def bench_cell(run: RunContext, name: str, runtime: str, cpus: int | None) -> di
         rows = _bench(artifact, name, runtime, threads, shared.inputs, scenario, plan, generation)
     except QdeployError as exc:
         return _skipped(exc)
-    return {"rows": rows, "session": SESSION, "machine": describe(), "threads": threads}
+    return {"rows": rows, "session": SESSION, "machine": describe(), "threads": threads,
+            "threads_choice": _thread_choice(run, cpus).to_dict()}
+
+
+@timed
+def speed_cell(run: RunContext, pairs: list[tuple[str, str]], cpus: int | None) -> dict[str, Any]:
+    """Speed-ups of every (variant, runtime) of one machine type from interleaved rounds: the reference (PyTorch fp32
+    when it runs, else the first fp32 artifact), each variant and its runtime's own fp32 are timed alternately in the
+    same process, and each ratio is taken per round."""
+    plan = run.plan
+    shared = _shared(run)
+    threads = _threads(run, cpus)
+    calls, skipped, formats = {}, {}, {}
+    for name, runtime in pairs:
+        key = f"{name}@{runtime}"
+        try:
+            artifact = _artifact(run, name)
+            session = runtimes.load(artifact, runtime, threads)
+        except QdeployError as exc:
+            skipped[key] = str(exc)
+            continue
+        formats[key] = artifact.format
+        calls[key] = session
+    if not calls:
+        return {"skipped": "; ".join(skipped.values()) or "nothing to time", "session": SESSION}
+    reference = next(iter(calls))  # pairs come baseline first, then the fp32 artifacts, then the variants
+    scenario = RoundsScenario(rounds=plan.rounds)
+    batches = {}
+    for batch in plan.batch_sizes:
+        timed_calls = {key: _caller(session, shared.inputs[batch].inputs) for key, session in calls.items()}
+        rounds = run_rounds(timed_calls, scenario)
+        rows = {}
+        for key in calls:
+            name, runtime = key.split("@", 1)
+            own_fp32 = f"{FP32_VARIANTS.get(formats[key], BASELINE)}@{runtime}"
+            rows[key] = {"vs_reference": rounds.ratio(reference, key).to_dict(),
+                         "vs_runtime_fp32": rounds.ratio(own_fp32, key).to_dict() if own_fp32 in calls else None,
+                         "calls_per_round": rounds.calls[key], "cv": round(rounds.cv(key), 4),
+                         "median_ms": round(float(np.median(rounds.seconds[key])) * 1000, 3)}
+        batches[str(batch)] = {"rows": rows, "busy": rounds.busy, "load": rounds.load}
+    return {"reference": reference, "batches": batches, "not_timed": skipped, "session": SESSION,
+            "threads": threads, "threads_choice": _thread_choice(run, cpus).to_dict(), "rounds": plan.rounds}
+
+
+def _caller(session, inputs: list[dict[str, np.ndarray]]):
+    """One request of `session` on input number i, as the latency benchmark runs it (inputs resident on the device
+    for a session that binds them)."""
+    bind = getattr(session, "bind", None)
+    if bind is not None:
+        bound = [bind(batch) for batch in inputs]
+        return lambda i: bound[i % len(bound)]()
+    return lambda i: session.run(inputs[i % len(inputs)])
 
 
 def _bench(artifact, name, runtime, threads, inputs, scenario, plan: Plan, generation) -> list[dict]:

@@ -18,6 +18,7 @@ from . import _write_atomic, load_report
 from .html import _CSS, _WIDTH, _clip, _esc, _fmt, _num, _svg
 from .html import _fmt_quality as _html_quality
 from .markdown import DASH, _groups, _md, _qualities
+from .recommend import recommend
 from .markdown import _fmt_quality as _md_quality
 
 COMPARE_SCHEMA = "qdeploy.compare/1"
@@ -160,8 +161,18 @@ def build_comparison(reports: list[dict], names: list[str], dirs: list[str] | No
     runs = [{"label": label, "dir": d, "machine": _dict(r.get("machine")), "settings": _dict(r.get("settings")),
              "model": _dict(r.get("model")), "created": r.get("created")}
             for label, d, r in zip(labels, dirs or names, reports)]
+    # One recommendation per machine: each run's own (re-judged from its rows when the report predates them).
+    recommendations = [{"label": label, "choices": (r.get("recommendation") or recommend(r).to_dict())["choices"]}
+                       for label, r in zip(labels, reports)]
     return {"schema": COMPARE_SCHEMA, "runs": runs, "warnings": _warnings(runs, reports),
+            "recommendations": recommendations,
             "library_differences": _library_differences(runs), "rows": _merge_rows(runs, reports)}
+
+
+def _recommendation_lines(data: dict) -> list[tuple[str, list[str]]]:
+    """(headline, reasons) per run and batch, labelled with the run (the machine)."""
+    return [(f"{entry['label']}, batch {c.get('batch')}: {c.get('headline')}", list(c.get("reasons") or []))
+            for entry in data.get("recommendations") or [] for c in entry.get("choices") or []]
 
 
 # --- shared by both renderers ---------------------------------------------------------------
@@ -218,6 +229,12 @@ def _md_table(header: list[str], rows: list[list[Any]], text_columns: int = 1) -
 def render_compare_markdown(data: dict) -> str:
     runs, labels = data["runs"], [run["label"] for run in data["runs"]]
     lines = [f"# qdeploy compare — {len(runs)} runs", ""]
+    recommended = _recommendation_lines(data)
+    if recommended:
+        lines += ["## Recommendation per machine", ""]
+        for headline, reasons in recommended:
+            lines += [f"- **{_md(headline)}**"] + [f"  - {_md(r)}" for r in reasons]
+        lines.append("")
     for warning in data["warnings"]:
         lines += [f"> ⚠ **Warning:** {_md(warning)}", ""]
     lines += ["## Machines", ""] + _md_table([""] + [_md(l) for l in labels],
@@ -296,11 +313,19 @@ def _html_results(rows: list[dict], labels: list[str]) -> str:
 
 def render_compare_html(data: dict) -> str:
     runs, labels = data["runs"], [run["label"] for run in data["runs"]]
-    legend = "".join(f'<span class="sw r{i % len(_PALETTE)}"></span>{_esc(l)}' for i, l in enumerate(labels))
+    # Only runs that drew a bar somewhere: a swatch for a colour the charts never show explains nothing.
+    drawn = [i for i, l in enumerate(labels)
+             if any(_num((r["by_run"].get(l) or {}).get("speedup_vs_fp32")) is not None for r in data["rows"])]
+    legend = "".join(f'<span class="sw r{i % len(_PALETTE)}"></span>{_esc(labels[i])}' for i in drawn)
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            f"<title>qdeploy compare — {len(runs)} runs</title><style>{_COMPARE_CSS}</style></head><body>",
            f"<h1>qdeploy compare — {len(runs)} runs</h1>", f'<p class="sub">{_esc(" · ".join(labels))}</p>']
+    recommended = _recommendation_lines(data)
+    if recommended:
+        out += ["<h2>Recommendation per machine</h2>", "<ul>"]
+        out += [f"<li><strong>{_esc(h)}</strong>" + "".join(f"<br>{_esc(r)}" for r in reasons) + "</li>"
+                for h, reasons in recommended] + ["</ul>"]
     out += [f'<div class="warn"><strong>⚠ Warning:</strong> {_esc(w)}</div>' for w in data["warnings"]]
     run_heads = "".join(f"<th>{_esc(l)}</th>" for l in labels) + "</tr>"
     facts = [[(name, "key")] + [(v, "") for v in values] for name, values in _machine_facts(runs)]
@@ -310,7 +335,8 @@ def render_compare_html(data: dict) -> str:
     out.append(_html_table(["<tr><th>library</th>" + run_heads], libs) if libs else
                '<p class="empty">All library versions and the qdeploy commit are the same in every run.</p>')
     groups = _groups(data["rows"])
-    out += ["<h2>Speed-up per run</h2>", f'<p class="note">{_esc(_SPEEDUP_NOTE)}</p>', f"<p>{legend}</p>"]
+    out += ["<h2>Speed-up per run</h2>", f'<p class="note">{_esc(_SPEEDUP_NOTE)}</p>']
+    out += [f"<p>{legend}</p>"] if legend else []
     if not groups:
         out.append('<p class="empty">There are no benchmark results to show.</p>')
     for (batch, seq_len), rows in groups:

@@ -42,16 +42,66 @@ def _metrics(rows: list[dict]) -> list[str]:
     return metrics
 
 
+def _speed(row: dict) -> str:
+    interval = row.get("speedup_interval")
+    text = _fmt(row.get("speedup_vs_fp32"), 2, "×")
+    if isinstance(interval, list) and len(interval) == 2:
+        text += f" ({_fmt(interval[0], 2)}–{_fmt(interval[1], 2)})"
+    return text
+
+
+def _quality_cell(quality: Any) -> str:
+    """Value, its 95 % interval, Δ to fp32 and the paired test's p: what "within tolerance" was judged on."""
+    if not isinstance(quality, dict):
+        return DASH
+    text = _fmt_quality(quality)
+    interval = quality.get("interval")
+    if isinstance(interval, list) and len(interval) == 2:
+        digits = 4 if abs(_num(quality.get("value")) or 0) <= 1 else 2
+        text += f" [{_fmt(interval[0], digits)}, {_fmt(interval[1], digits)}]"
+    paired = _dict(quality.get("paired"))
+    if _num(paired.get("p")) is not None:
+        text += f" p={paired['p']:.2g}"
+    if _dict(quality.get("verdict")).get("qualifies") is False:
+        text += " ✗"
+    return text
+
+
+def _note(row: dict) -> str:
+    notes = [_noisy(row)] if row.get("noisy") and not row.get("busy_reasons") else []
+    if row.get("busy_reasons"):
+        notes.append("⚠ busy: " + "; ".join(map(str, row["busy_reasons"])))
+    return " ".join(notes)
+
+
+def _recommendation(report: dict) -> list[str]:
+    recommendation = _dict(report.get("recommendation"))
+    choices = [c for c in _list(recommendation.get("choices")) if isinstance(c, dict)]
+    if not choices:
+        return []
+    lines = ["## Recommendation", ""]
+    if recommendation.get("judged_on"):
+        lines += [f"Judged on {_md(recommendation['judged_on'])} (tolerance {_md(recommendation.get('tolerance'))}); "
+                  "speed-ups are medians of per-round ratios from interleaved rounds, with 95 % intervals.", ""]
+    for choice in choices:
+        where = f"batch {_md(choice.get('batch'))} · seq_len {_md(choice.get('seq_len'))}"
+        if len(_dict(report.get("machines"))) > 1:
+            where = f"{_md(choice.get('machine'))} · " + where
+        lines.append(f"- **{where}: {_md(choice.get('headline'))}**")
+        lines += [f"  - {_md(reason)}" for reason in _list(choice.get("reasons"))]
+    return lines + [""]
+
+
 def _row_cells(row: dict, metrics: list[str], timings: list[str]) -> list[str]:
     latency = _dict(row.get("latency_ms"))
     qualities = _qualities(row)
     return [_md(row.get("variant")), _md(row.get("runtime")), _md(row.get("precision")),
             _fmt(latency.get("p50")), _fmt(latency.get("p90")), _fmt(latency.get("p99")),
-            _fmt(row.get("throughput_per_s"), 1), _fmt(row.get("speedup_vs_fp32"), 2, "×"),
+            _fmt(row.get("throughput_per_s"), 1), _speed(row),
             _fmt(row.get("speedup_vs_runtime_fp32"), 2, "×"), _concurrent(row),
             _fmt(row.get("size_mb"), 1), _fmt(row.get("peak_rss_mb"), 0)] + \
         [_timing_cell(row, timing) for timing in timings] + \
-        [_md(_fmt_quality(qualities.get(metric))) for metric in metrics] + [_noisy(row)]
+        [_md(_quality_cell(qualities.get(metric))) for metric in metrics] + [_md(_note(row))]
 
 
 def _table(rows: list[dict]) -> list[str]:
@@ -93,11 +143,19 @@ def _machine(machine: dict) -> list[str]:
     return lines
 
 
+def _plain(value: Any) -> str:
+    """A setting as a person writes it: no Python reprs of lists and dicts."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k} {_plain(v)}" for k, v in value.items()) or DASH
+    if isinstance(value, list):
+        return ", ".join(_plain(v) for v in value) or DASH
+    return _md(value)
+
+
 def _settings(settings: dict) -> list[str]:
     if not settings:
         return []
-    items = [f"{_md(key)} **{_md(value)}**" for key, value in settings.items()]
-    return ["## Settings", "", " · ".join(items)]
+    return ["## Settings", ""] + [f"- **{_md(key)}:** {_md(_plain(value))}" for key, value in settings.items()]
 
 
 def _timed(results: list) -> list[str]:
@@ -134,9 +192,7 @@ def render_markdown(report: dict) -> str:
     if model.get("sha256"):
         meta.append(f"model sha256 `{_md(str(model['sha256'])[:12])}`")
     lines = [title, ""] + ([" · ".join(meta), ""] if meta else [])
-    lines += _machine(_dict(report.get("machine"))) + [""]
-    settings = _settings(_dict(report.get("settings")))
-    lines += settings + ([""] if settings else [])
+    lines += _recommendation(report)
 
     lines += _timed(_list(report.get("results")))
     lines += ["## Results", ""]
@@ -144,8 +200,10 @@ def render_markdown(report: dict) -> str:
     if not groups:
         lines += ["There are no benchmark results to show.", ""]
     else:
-        lines += ["Speed-up is relative to PyTorch eager fp32 at the same batch size and "
-                  "sequence length; quality cells show the value and its delta (Δ) to fp32.", ""]
+        lines += ["Speed-up is relative to PyTorch eager fp32 at the same batch size and sequence length: the median "
+                  "of per-round ratios from interleaved rounds, with its 95 % interval. Quality cells show the value, "
+                  "its delta (Δ) to fp32, the 95 % interval and the paired test's p against fp32; ✗ marks a loss "
+                  "beyond the tolerance.", ""]
     for (batch, seq_len), rows in groups:
         lines += [f"### batch {_md(batch)} · seq_len {_md(seq_len)}", ""] + _table(rows) + [""]
     metrics, columns, cells = _quality_matrix(_list(report.get("results")))
@@ -162,5 +220,7 @@ def render_markdown(report: dict) -> str:
                   "| " + " | ".join(GENERATION_COLUMNS) + " |",
                   "|" + "|".join(":---" if c in ("variant", "runtime") else "---:" for c in GENERATION_COLUMNS) + "|"]
         lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in generation] + [""]
-    lines += _skipped(_list(report.get("skipped")))
+    lines += _skipped(_list(report.get("skipped"))) + [""]
+    lines += _machine(_dict(report.get("machine"))) + [""]
+    lines += _settings(_dict(report.get("settings")))
     return "\n".join(lines).rstrip() + "\n"

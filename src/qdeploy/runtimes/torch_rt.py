@@ -14,6 +14,7 @@ class TorchSession:
 
         if threads:
             torch.set_num_threads(threads)
+        self.threads = threads
         self._torch = torch
         self.model = load_model(artifact.directory, artifact.manifest.task,
                                 trust_remote_code=bool(artifact.manifest.runtime_config.get("trust_remote_code")),
@@ -23,6 +24,10 @@ class TorchSession:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
+        if self.threads and torch.get_num_threads() != self.threads:
+            # PyTorch's thread count is per process: sessions of different counts (the thread probe, or a stream of
+            # the throughput benchmark) each restore their own before they run.
+            torch.set_num_threads(self.threads)
         with torch.inference_mode():
             out = self.model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()})
         return {name: out[name].float().numpy() for name in self.output_names}

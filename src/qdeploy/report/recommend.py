@@ -1,0 +1,201 @@
+"""Which artifact to ship on each machine type and batch size, and why, in one or two lines with the numbers.
+
+The rule, in order:
+1. A variant qualifies when its headline quality metric passed its tolerance (judged on the paired interval and test,
+   see evaluation/stats.py). The fp32 artifacts qualify by definition of the baseline, unless their own check failed.
+2. Among qualifying quantized variants the fastest by median speed-up wins; variants whose speed-up intervals overlap
+   the fastest one's are tied, and a tie goes to the smaller artifact, then to the simpler runtime.
+3. When nothing quantized qualifies, or the winner's interval overlaps the fastest fp32 artifact's (int8 buys nothing
+   measurable here), the fp32 artifact of the fastest runtime is recommended instead, and the line says so.
+
+Standard library only, like the renderers: a report is re-judged from report.json alone (`qdeploy compare`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+BASELINE = "pytorch-fp32"
+# Simpler first: what a deployment has to install (onnxruntime ~20 MB, openvino ~60 MB, GPU stacks, then PyTorch).
+RUNTIME_ORDER = ("ort-cpu", "openvino-cpu", "ort-openvino", "ort-cuda", "ort-tensorrt", "torch")
+
+
+@dataclass
+class Choice:
+    machine: str
+    batch: int
+    seq_len: int
+    variant: str
+    runtime: str
+    format: str
+    precision: str
+    fp32_fallback: bool  # nothing quantized qualified or beat fp32 beyond noise
+    speedup: float | None
+    interval: list[float] | None
+    vs: str
+    size_mb: float | None
+    busy: bool
+    quality: dict[str, Any] | None
+    headline: str
+    reasons: list[str] = field(default_factory=list)
+    tied_with: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recommendation:
+    judged_on: str | None
+    tolerance: str | None
+    choices: list[Choice]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _is_fp32(row: dict) -> bool:
+    return row.get("precision") == "fp32"
+
+
+def _headline_quality(row: dict) -> dict | None:
+    q = row.get("quality")
+    return q if isinstance(q, dict) else None
+
+
+def _qualifies(row: dict) -> bool:
+    if row.get("variant") == BASELINE:
+        return True
+    q = _headline_quality(row)
+    if q is None:
+        return _is_fp32(row)  # an fp32 export is checked against PyTorch when it is made; nothing else is unjudged
+    verdict = q.get("verdict") or {}
+    return bool(verdict.get("qualifies", _is_fp32(row)))
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    ia, ib = a.get("speedup_interval"), b.get("speedup_interval")
+    if not ia or not ib:
+        return a.get("speedup_vs_fp32") == b.get("speedup_vs_fp32")
+    return ia[0] <= ib[1] and ib[0] <= ia[1]
+
+
+def _simplicity(row: dict) -> int:
+    runtime = row.get("runtime")
+    return RUNTIME_ORDER.index(runtime) if runtime in RUNTIME_ORDER else len(RUNTIME_ORDER)
+
+
+def _pick(rows: list[dict]) -> tuple[dict, list[dict]]:
+    """The fastest row, or among those tied with it (overlapping intervals) the smallest, then the simplest."""
+    fastest = max(rows, key=lambda r: r["speedup_vs_fp32"])
+    tied = [r for r in rows if _overlap(r, fastest)]
+    winner = min(tied, key=lambda r: (r.get("size_mb") or float("inf"), _simplicity(r), -r["speedup_vs_fp32"]))
+    return winner, [r for r in tied if r is not winner]
+
+
+def _x(row: dict, against: str = "") -> str:
+    interval = row.get("speedup_interval")
+    text = f"{row['speedup_vs_fp32']:.2f}x" + (f" {against}" if against else "")
+    return text + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
+
+
+def _points(q: dict, value: float) -> str:
+    if q.get("scale") in ("unit", "points"):
+        points = value * (100 if q["scale"] == "unit" else 1)
+        return f"{points:+.1f} point{'s' * (abs(round(points, 1)) > 1)}"
+    return f"{value:+.3g}"
+
+
+def _quality_text(q: dict | None) -> str:
+    if not q or q.get("delta") is None:
+        return "quality not measured" if not q else f"{q['metric']} {q['value']:.4g}"
+    verdict = (q.get("verdict") or {}).get("phrase")
+    return f"{q['metric']} {_points(q, q['delta'])}" + (f", {verdict}" if verdict else "")
+
+
+def _name(row: dict) -> str:
+    return f"{row['variant']} on {row['runtime']}"
+
+
+def _machine_cause(machine: dict) -> str | None:
+    isa = machine.get("isa") or {}
+    if not isa.get("avx512_vnni") and not isa.get("avx_vnni") and not isa.get("amx"):
+        simd = "AVX-512" if isa.get("avx512f") else "AVX2" if isa.get("avx2") else "no AVX2"
+        return f"this CPU has {simd} without VNNI, so int8 matrix products gain little over fp32"
+    return None
+
+
+def _contrast(winner: dict, rows: list[dict], machine: dict) -> list[str]:
+    """The one or two facts a reader would ask about next: a faster variant that lost quality, and an int8 variant
+    slower than its own runtime's fp32 (with the machine's part in it when that is the cause)."""
+    reasons = []
+    faster = [r for r in rows if not _qualifies(r) and r["speedup_vs_fp32"] > winner["speedup_vs_fp32"]]
+    if faster:
+        best = max(faster, key=lambda r: r["speedup_vs_fp32"])
+        reasons.append(f"{_name(best)} was faster ({_x(best)}) but did not qualify: "
+                       f"{_quality_text(_headline_quality(best))}")
+    slower = [r for r in rows if not _is_fp32(r) and (r.get("speedup_vs_runtime_fp32_interval") or [1, 1])[1] < 1]
+    if slower:
+        worst = min(slower, key=lambda r: r["speedup_vs_runtime_fp32"])
+        cause = _machine_cause(machine) if "int8" in str(worst.get("precision")) else None
+        reasons.append(f"{_name(worst)} was {_x(worst)} here, slower than {worst['runtime']}'s own fp32 "
+                       f"({worst['speedup_vs_runtime_fp32']:.2f}x)" + (f": {cause}" if cause else ""))
+    return reasons
+
+
+def _choose(rows: list[dict], machine_name: str, machine: dict) -> Choice | None:
+    timed = [r for r in rows if r.get("speedup_vs_fp32") is not None]
+    if not timed:
+        return None
+    fp32 = [r for r in timed if _is_fp32(r) and _qualifies(r)]
+    quantized = [r for r in timed if not _is_fp32(r) and _qualifies(r)]
+    reasons: list[str] = []
+    fallback = False
+    fp32_best, fp32_tied = _pick(fp32) if fp32 else (None, [])
+    if quantized:
+        winner, tied = _pick(quantized)
+        if fp32_best is not None and _overlap(winner, fp32_best):
+            reasons.append(f"{_name(winner)}, the best quantized variant, was within noise of fp32: {_x(winner)} "
+                           f"against {_x(fp32_best)} for {_name(fp32_best)}")
+            winner, tied, fallback = fp32_best, fp32_tied, True
+    elif fp32_best is not None:
+        judged = [r for r in timed if not _is_fp32(r)]
+        reasons.append("no quantized variant qualified" if judged else "no quantized variant was measured")
+        winner, tied, fallback = fp32_best, fp32_tied, True
+    else:
+        return None
+    if tied:
+        reasons.append("tied within intervals with " + ", ".join(f"{_name(r)} {_x(r)}" for r in tied)
+                       + ": the tie goes to the smaller artifact, then the simpler runtime")
+    reasons += _contrast(winner, timed, machine)
+    busy = [r for r in rows if r.get("busy_reasons")]
+    if busy:
+        reasons.append("timing was disturbed: " + "; ".join(dict.fromkeys(x for r in busy for x in r["busy_reasons"]))
+                       + " (the ratios come from interleaved rounds, which cancel most of it)")
+    size = winner.get("size_mb")
+    reference = winner.get("speed_reference") or f"{BASELINE}@torch"
+    against = "PyTorch fp32" if reference == f"{BASELINE}@torch" else reference.replace("@", " on ")
+    headline = (f"ship {_name(winner)}: {_x(winner, against)}, {_quality_text(_headline_quality(winner))}"
+                + (f", {size:.0f} MB" if size is not None else ""))
+    if fallback:
+        headline += " (fp32: int8 is not worth it here)"
+    return Choice(machine=machine_name, batch=winner["batch"], seq_len=winner["seq_len"], variant=winner["variant"],
+                  runtime=winner["runtime"], format=winner.get("format"), precision=winner.get("precision"),
+                  fp32_fallback=fallback, speedup=winner["speedup_vs_fp32"], interval=winner.get("speedup_interval"),
+                  vs=reference, size_mb=size, busy=bool(busy),
+                  quality=_headline_quality(winner), headline=headline, reasons=reasons,
+                  tied_with=[_name(r) for r in tied])
+
+
+def recommend(report: dict) -> Recommendation:
+    rows = [r for r in report.get("results") or [] if isinstance(r, dict)]
+    machines = report.get("machines") or {}
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row.get("machine") or "local", row.get("batch"), row.get("seq_len")), []).append(row)
+    choices = []
+    for (machine_name, _, _), group in groups.items():
+        machine = machines.get(machine_name) or report.get("machine") or {}
+        choice = _choose(group, machine_name, machine)
+        if choice is not None:
+            choices.append(choice)
+    judged = next((q for r in rows if (q := _headline_quality(r))), None)
+    return Recommendation(judged_on=judged.get("metric") if judged else None,
+                          tolerance=judged.get("tolerance") if judged else None, choices=choices)

@@ -1,0 +1,66 @@
+"""The decision survives a busy machine: the same small plan on an idle machine and beside a CPU-bound busy loop.
+
+The busy loop is a separate process pinned to one core for the whole second run. The runs share one artifact store,
+so each measures the very same files. What must hold: the same recommended variant, every speed-up interval of the
+busy run overlapping the idle run's, and the busy run's rows marked with the reason.
+
+On the busy machine the thread probe may choose fewer threads than the idle run's one per core, and a ratio at one
+thread is a different quantity from a ratio at two (int8 gains more at one thread here). So the intervals are compared
+with an idle run at the thread count the busy run chose: the same configuration, with and without the busy loop.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from qdeploy import pipeline
+from qdeploy.plan import from_dict
+from qdeploy.report import load_report
+
+from .conftest import SST2_MODEL
+
+
+def _plan(storage, **extra) -> dict:
+    return {**extra, "model": str(SST2_MODEL), "task": "text-classification", "methods": ["ort-dynamic"],
+            "runtimes": ["torch", "ort-cpu"], "batch_sizes": [1], "seq_len": 128, "warmup": 2, "min_reps": 5,
+            "min_time_s": 0.3, "rounds": 12, "storage": str(storage)}
+
+
+def _busy_loop() -> subprocess.Popen:
+    spin = "import os; os.sched_setaffinity(0, {0}) if hasattr(os, 'sched_setaffinity') else None\nwhile True: pass"
+    return subprocess.Popen([sys.executable, "-c", spin])
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores: one for the busy loop")
+def test_recommendation_and_ratios_hold_beside_a_busy_loop(tmp_path):
+    plan = from_dict(_plan(tmp_path / "artifacts"))
+    idle = load_report(pipeline.run(plan, out=tmp_path / "idle").parent)
+    loop = _busy_loop()
+    try:
+        busy = load_report(pipeline.run(plan, out=tmp_path / "busy").parent)
+    finally:
+        loop.kill()
+        loop.wait()
+    threads = busy["settings"]["threads"]
+    same_threads = idle
+    if threads != idle["settings"]["threads"]:
+        pinned = from_dict(_plan(tmp_path / "artifacts", threads=threads))
+        same_threads = load_report(pipeline.run(pinned, out=tmp_path / f"idle-{threads}").parent)
+
+    def pick(report):
+        (choice,) = report["recommendation"]["choices"]
+        return choice["variant"], choice["runtime"]
+
+    assert pick(idle) == pick(busy), (idle["recommendation"], busy["recommendation"])
+    intervals = {(r["variant"], r["runtime"]): r["speedup_interval"] for r in same_threads["results"]}
+    for row in busy["results"]:
+        low, high = row["speedup_interval"]
+        idle_low, idle_high = intervals[(row["variant"], row["runtime"])]
+        assert low <= idle_high and idle_low <= high, (row["variant"], row["runtime"], (low, high),
+                                                       (idle_low, idle_high))
+        assert row["busy_reasons"], f"{row['variant']} on {row['runtime']} was not marked busy"
+    assert any("other processes" in reason for row in busy["results"] for reason in row["busy_reasons"])
+    assert "busy" in busy["settings"]["threads_choice"]["reason"]
