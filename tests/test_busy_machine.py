@@ -17,6 +17,8 @@ import sys
 import pytest
 
 from qdeploy import pipeline
+from qdeploy.errors import BusyMachineError
+from qdeploy.package import package, recommended_artifact
 from qdeploy.plan import from_dict
 from qdeploy.report import load_report
 
@@ -41,9 +43,12 @@ def test_recommendation_and_ratios_hold_beside_a_busy_loop(tmp_path):
     loop = _busy_loop()
     try:
         busy = load_report(pipeline.run(plan, out=tmp_path / "busy").parent)
+        with pytest.raises(BusyMachineError, match="busy"):  # refused before any work: nothing is written
+            pipeline.run(from_dict(_plan(tmp_path / "artifacts", strict_timing=True)), out=tmp_path / "strict")
     finally:
         loop.kill()
         loop.wait()
+    assert not (tmp_path / "strict").exists()
     threads = busy["settings"]["threads"]
     same_threads = idle
     if threads != idle["settings"]["threads"]:
@@ -64,3 +69,17 @@ def test_recommendation_and_ratios_hold_beside_a_busy_loop(tmp_path):
         assert row["busy_reasons"], f"{row['variant']} on {row['runtime']} was not marked busy"
     assert any("other processes" in reason for row in busy["results"] for reason in row["busy_reasons"])
     assert "busy" in busy["settings"]["threads_choice"]["reason"]
+
+
+def test_package_recommended_quotes_the_interval(tmp_path):
+    run_dir = tmp_path / "run"
+    pipeline.run(from_dict({**_plan(None, rounds=6), "storage": None}), out=run_dir)
+    report = load_report(run_dir)
+    (choice,) = report["recommendation"]["choices"]
+    if choice["variant"] == "pytorch-fp32":
+        pytest.skip("PyTorch itself was recommended: no artifact to package")
+    artifact = recommended_artifact(run_dir)
+    assert artifact.name == choice["variant"]
+    readme = (package(artifact, tmp_path / "pkg") / "README.md").read_text()
+    low, high = choice["interval"]
+    assert choice["headline"] in readme and f"({low:.2f}-{high:.2f})" in readme

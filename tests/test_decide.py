@@ -142,3 +142,32 @@ def test_busy_rows_are_said_in_the_recommendation():
     busy = _row("ort-static", "ort-cpu", "int8", 2.0, (1.9, 2.1), 22, busy=["load average 3.1 > 2 cores"])
     choice = recommend(_report([BASE, busy])).choices[0]
     assert choice.busy and any("load average 3.1" in r for r in choice.reasons)
+
+
+def test_markdown_opens_with_the_recommendation_and_ends_with_the_machine():
+    from qdeploy.report.markdown import render_markdown
+
+    report = {"schema": "qdeploy.report/1", "model": {"source": "m", "task": "text-classification"},
+              "machine": {"cpu_model": "AMD EPYC", "isa": {"avx2": True}}, "settings": {"threads": 2},
+              "results": [BASE, _row("ort-static", "ort-cpu", "int8", 2.0, (1.9, 2.1), 22)]}
+    report["recommendation"] = recommend(report).to_dict()
+    text = render_markdown(report)
+    assert text.index("## Recommendation") < text.index("## Results") < text.index("## Machine")
+    assert "ship ort-static on ort-cpu: 2.00x PyTorch fp32 (1.90-2.10)" in text
+    assert "2.00× (1.90–2.10)" in text  # the table's speed-up carries its interval too
+
+
+def test_compare_gives_one_recommendation_per_machine():
+    from qdeploy.report.compare import build_comparison, render_compare_markdown
+
+    def machine_report(cpu, fast):
+        rows = [dict(BASE), _row(fast, "ort-cpu", "int8", 2.0, (1.9, 2.1), 22)]
+        return {"schema": "qdeploy.report/1", "model": {"source": "m", "task": "t"},
+                "machine": {"cpu_model": cpu}, "settings": {"threads": 2}, "results": rows}
+
+    data = build_comparison([machine_report("AMD EPYC", "ort-static"), machine_report("Intel Xeon", "ort-dynamic")],
+                            ["a", "b"])
+    assert [len(r["choices"]) for r in data["recommendations"]] == [1, 1]
+    text = render_compare_markdown(data)
+    assert "## Recommendation per machine" in text
+    assert "ship ort-static on ort-cpu" in text and "ship ort-dynamic on ort-cpu" in text

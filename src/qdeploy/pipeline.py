@@ -17,7 +17,7 @@ from typing import Any
 from . import __version__, evaluation, executors, models, quantization, runtimes
 from .artifact import Artifact
 from .baseline import BASELINE, FP32_VARIANTS, relate, tolerance_for
-from .benchmarking import TIMINGS, LatencyScenario
+from .benchmarking import TIMINGS, LatencyScenario, load
 from .calibration import CalibrationSource
 from .cells import PLAN_FILE, CellStore, remove_stale_staging
 from .config import to_dict
@@ -151,6 +151,11 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
     if max_positions and plan.seq_len > max_positions:
         raise ConfigError(f"--seq-len {plan.seq_len} is beyond what {source.name} allows ({max_positions} positions)")
     executor = executors.make(plan)  # a missing Ray fails here, before the run directory exists
+    if plan.strict_timing and plan.executor == "local":
+        busy = load.judge(load.probe())
+        if busy:  # before the long work; the measurement itself is checked again when it is taken
+            raise BusyMachineError(f"the machine is busy ({'; '.join(busy.reasons)}) and --strict-timing is set; "
+                                   "run when it is idle")
     out = prepare_out(plan, source, out, resume)
     default_storage = plan.storage is None
     storage = Storage(out / "artifacts" if default_storage else plan.storage)
@@ -273,10 +278,11 @@ class _Stages:
             return
         for machine, speed in speeds.items():
             for batch, timed in (speed.get("batches") or {}).items():
-                if timed.get("busy"):
+                reasons = list(dict.fromkeys(r for row in (timed.get("rows") or {}).values() for r in row["busy"]))
+                if reasons:
                     self.store.drop("speed", machine)
                     raise BusyMachineError(f"the machine was busy while timing batch {batch} on {machine} "
-                                           f"({'; '.join(timed['busy'])}); everything else is kept: run again with "
+                                           f"({'; '.join(reasons)}); everything else is kept: run again with "
                                            f"--resume {self.store.root.parent} when it is idle")
 
     def build(self) -> list[dict[str, Any]]:
@@ -343,11 +349,11 @@ class _Stages:
             speed = speeds.get(machine) or {}
             for row in bench["rows"]:
                 timed = ((speed.get("batches") or {}).get(str(row["batch"])) or {})
+                own = (timed.get("rows") or {}).get(f"{name}@{runtime}") or {}
                 rows.append({**row, "machine": machine, "qualities": list(quality.get("qualities", [])),
-                             "items": quality.get("items") or {}, "session": bench["session"],
-                             "speed": (timed.get("rows") or {}).get(f"{name}@{runtime}"),
+                             "items": quality.get("items") or {}, "session": bench["session"], "speed": own or None,
                              "speed_reference": speed.get("reference"), "speed_session": speed.get("session"),
-                             "busy_reasons": list(timed.get("busy") or []), "load": timed.get("load")})
+                             "busy_reasons": list(own.get("busy") or []), "load": timed.get("load")})
             if speed.get("not_timed", {}).get(f"{name}@{runtime}"):
                 self.skipped.append({"variant": name, "runtime": runtime, "machine": machine,
                                      "reason": f"not in the interleaved timing: {speed['not_timed'][f'{name}@{runtime}']}"})
