@@ -1,8 +1,8 @@
 """Does the answer hold? The default plan three times back to back: how far the recommendations and the ratios agree.
 
-Each run is a complete `qdeploy run` of the default plan (all-MiniLM-L6-v2); the runs share one artifact store, so the
-first one exports and quantizes and the later ones measure the very same files again (what is tested is the
-measurement and the decision, not the export). Prints, per batch size, each run's recommendation, then per variant and
+Each run is a complete `qdeploy run` of the default plan (all-MiniLM-L6-v2) in its own process, as a user would start
+it; the runs share one artifact store, so the first one exports and quantizes and the later ones measure the very same
+files again (what is tested is the measurement and the decision, not the export). Prints, per batch size, each run's recommendation, then per variant and
 runtime the three median speed-ups with their 95 % intervals, the spread of the medians, and whether every pair of
 intervals overlaps.
 """
@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from qdeploy import pipeline, plan as plans
+import yaml
+
+from qdeploy import plan as plans
 
 
 def _overlap(a: list[float], b: list[float]) -> bool:
@@ -28,15 +32,21 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     base = plans.load(args.plan) if args.plan else plans.default()
-    data = {**base.to_dict(), "storage": str((out / "artifacts").resolve())}
+    out.mkdir(parents=True, exist_ok=True)
+    plan_file = out / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump({**base.to_dict(), "storage": str((out / "artifacts").resolve())}))
     reports, seconds = [], []
     for i in range(args.runs):
         t0 = time.perf_counter()
-        path = pipeline.run(plans.from_dict(data), out=out / f"run-{i + 1}")
+        run_dir = out / f"run-{i + 1}"
+        proc = subprocess.run([sys.executable, "-m", "qdeploy", "run", "--plan", str(plan_file), "--out", str(run_dir)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"run {i + 1} failed: {proc.stderr.strip().splitlines()[-1]}")
         seconds.append(time.perf_counter() - t0)
-        reports.append(json.loads((path.parent / "report.json").read_text()))
+        reports.append(json.loads((run_dir / "report.json").read_text()))
     machine = reports[0]["machine"]
-    print(f"{machine['cpu_model']}, {machine['cores_physical']} cores; "
+    print(f"{machine['cpu_model']} ({machine.get('cpu_generation')}), {machine['cores_physical']} cores; "
           f"threads {[r['settings']['threads'] for r in reports]}; runs took {', '.join(f'{s:.0f} s' for s in seconds)}")
     print()
     print("| batch | " + " | ".join(f"run {i + 1} recommends" for i in range(len(reports))) + " | same |")

@@ -187,7 +187,9 @@ def _print_table(console, report):
 
     _print_recommendation(console, report)
     machines = report.get("machines") or {}
-    where = report['machine']['cpu_model'] if len(machines) <= 1 else f"{len(machines)} machine types"
+    machine = report["machine"]
+    cpu = machine["cpu_model"] + (f" ({machine['cpu_generation']})" if machine.get("cpu_generation") else "")
+    where = cpu if len(machines) <= 1 else f"{len(machines)} machine types"
     table = Table(title=f"{report['model']['source']} ({report['model']['task']}) on {where}")
     columns = ("machine",) * (len(machines) > 1) + ("variant", "runtime", "batch", "p50 ms", "speed-up (95 % CI)",
                                                    "size MB", "quality", "Δ vs fp32", "")

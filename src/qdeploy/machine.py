@@ -46,6 +46,22 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
+def cpu_generation() -> str | None:
+    """Family and model numbers: a VM often names its CPU only "AMD EPYC", and Zen 3 and Zen 5 behave differently
+    for int8 (VNNI or not). x86 only."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if "cpu family" not in fields:
+        return None
+    return f"family {fields['cpu family']}, model {fields.get('model', '?')}"
+
+
 def isa() -> dict[str, bool]:
     _, flags = _cpuinfo()
     return {name: flag in flags for name, flag in ISA_FLAGS.items()}
@@ -148,6 +164,7 @@ def describe() -> dict:
         pass
     return {
         "cpu_model": model,
+        "cpu_generation": cpu_generation(),
         "cores_physical": psutil.cpu_count(logical=False) or os.cpu_count(),
         "cores_logical": psutil.cpu_count(logical=True),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),

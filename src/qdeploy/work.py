@@ -245,6 +245,7 @@ def speed_cell(run: RunContext, pairs: list[tuple[str, str]], cpus: int | None) 
             rows[key] = {"vs_reference": rounds.ratio(reference, key).to_dict(),
                          "vs_runtime_fp32": rounds.ratio(own_fp32, key).to_dict() if own_fp32 in calls else None,
                          "calls_per_round": rounds.calls[key], "cv": round(rounds.cv(key), 4),
+                         "ratio_cv": round(rounds.ratio_cv(reference, key), 4),
                          "median_ms": round(float(np.median(rounds.seconds[key])) * 1000, 3),
                          "busy": rounds.noisy(reference, key)}
         batches[str(batch)] = {"rows": rows, "busy": rounds.busy, "load": rounds.load}

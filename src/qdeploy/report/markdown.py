@@ -121,6 +121,8 @@ def _machine(machine: dict) -> list[str]:
     if machine.get("cores_logical") is not None:
         cores.append(f"{_md(machine['cores_logical'])} logical")
     cpu = _md(machine.get("cpu_model") or "unknown CPU")
+    if machine.get("cpu_generation"):
+        cpu += f" ({_md(machine['cpu_generation'])})"
     if cores:
         cpu += " — " + " / ".join(cores) + " cores"
     if _num(machine.get("memory_gb")) is not None:

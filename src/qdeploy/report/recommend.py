@@ -106,6 +106,8 @@ def _points(q: dict, value: float) -> str:
 def _quality_text(q: dict | None) -> str:
     if not q or q.get("delta") is None:
         return "quality not measured" if not q else f"{q['metric']} {q['value']:.4g}"
+    if str(q.get("tolerance", "")).startswith(">="):  # a floor: the value itself is what is judged
+        return f"{q['metric']} {q['value']:.4f} (floor {q['tolerance'][2:].strip()})"
     verdict = (q.get("verdict") or {}).get("phrase")
     return f"{q['metric']} {_points(q, q['delta'])}" + (f", {verdict}" if verdict else "")
 
@@ -126,6 +128,11 @@ def _contrast(winner: dict, rows: list[dict], machine: dict) -> list[str]:
     """The one or two facts a reader would ask about next: a faster variant that lost quality, and an int8 variant
     slower than its own runtime's fp32 (with the machine's part in it when that is the cause)."""
     reasons = []
+    others = [r for r in rows if _qualifies(r) and not _is_fp32(r) and r.get("runtime") != winner.get("runtime")]
+    if others and not _is_fp32(winner):  # for a reader who cannot install the winner's runtime
+        best = max(others, key=lambda r: r["speedup_vs_fp32"])
+        reasons.append(f"best on {best['runtime']}: {best['variant']} {_x(best)}, "
+                       f"{_quality_text(_headline_quality(best))}")
     faster = [r for r in rows if not _qualifies(r) and r["speedup_vs_fp32"] > winner["speedup_vs_fp32"]]
     if faster:
         best = max(faster, key=lambda r: r["speedup_vs_fp32"])
