@@ -141,7 +141,7 @@ def _browser() -> str:
 
 def _chromium(browser: str, page: Path, *args: str) -> str:
     command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--force-device-scale-factor=1", *args, page.as_uri()]
+               "--force-device-scale-factor=1", *args, page.resolve().as_uri()]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         sys.exit(f"chromium failed ({done.returncode}): {done.stderr[-2000:]}")

@@ -88,8 +88,8 @@ def test_summary_intervals_verdicts_and_busy_footnote(report):
     assert "11.69×<small>11.10–12.20</small>" in batch1                  # speed-up and its 95 % interval
     assert "1.00×</td>" in batch1                                        # the baseline has no interval to show
     assert "Δ -1.04 pt (-1.44 to -0.74)" in batch1                      # paired delta, in points
-    assert '<small class="bad">loss beyond 1 point (p = 0.03)</small>' in batch1
-    assert '<small class="ok">no significant loss (p = 0.81)</small>' in batch1
+    assert '<small class="bad verdict">loss beyond 1 point (p = 0.03)</small>' in batch1
+    assert '<small class="ok verdict">no significant loss (p = 0.81)</small>' in batch1
     assert "★ recommended" in batch1
     busy = re.search(r'<span class="warn" title="([^"]+)">⚠ busy<sup>1</sup></span>', batch1)
     assert busy and busy.group(1) == "load average 3.1 &gt; 2 cores; cv 24 % &gt; 10 %"

@@ -97,5 +97,5 @@ def _judge(q: dict[str, Any], row: dict[str, Any], fp32: float | None, fp32_item
         q["paired"] = pair.to_dict()
     if tolerance is not None:
         q["tolerance"] = tolerance.describe()
-    if fp32 is not None:
+    if fp32 is not None and row["variant"] != BASELINE:  # the baseline is what the others are judged against
         q["verdict"] = stats.judge(metric, q["value"], fp32, pair, tolerance).to_dict()

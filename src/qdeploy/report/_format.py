@@ -211,14 +211,10 @@ def _pair(value: Any) -> tuple[float, float] | None:
 
 
 def _delta_interval(quality: dict) -> tuple[float, float] | None:
-    """The 95 % interval of a quality delta. The paired one (same sentences, fp32 and variant) is the right one; a
-    report without it still has the variant's own interval, which is shifted by the fp32 value and is wider."""
+    """The 95 % interval of a quality delta: only the paired one (same items, fp32 and variant). The variant's own
+    interval shifted by the fp32 value would be wider and, for the baseline against itself, meaningless."""
     paired = quality.get("paired") if isinstance(quality.get("paired"), dict) else {}
-    both = _pair([paired.get("low"), paired.get("high")])
-    own, fp32 = _pair(quality.get("interval")), _num(quality.get("fp32_value"))
-    if both is None and own is not None and fp32 is not None:
-        both = (own[0] - fp32, own[1] - fp32)
-    return both
+    return _pair([paired.get("low"), paired.get("high")])
 
 
 def _fmt_delta(quality: dict, factor: float, unit: str) -> str:
