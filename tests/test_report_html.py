@@ -75,11 +75,13 @@ def test_threads_choice_is_stated_under_the_title(report):
 def test_recommendation_without_headline_is_composed(report):
     choice = report["recommendation"]["choices"][0]
     del choice["headline"]
-    choice["busy"] = True
+    chosen = next(r for r in report["results"] if (r["variant"], r["runtime"], r["batch"]) ==
+                  (choice["variant"], choice["runtime"], choice["batch"]))
+    chosen["busy_reasons"] = ["other processes used 50 % of the CPU (> 25 %)"]
     section = _section(render_html(report), "Recommendation")
     assert ("ship nncf-ptq on openvino-cpu: 11.69× PyTorch fp32 (11.10–12.20), no significant loss (p = 0.81)"
             in section)
-    assert "⚠ measured while the machine was busy" in section
+    assert "⚠ measured while the machine was busy: other processes used 50 % of the CPU" in section
 
 
 def test_summary_intervals_verdicts_and_busy_footnote(report):

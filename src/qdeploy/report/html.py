@@ -123,14 +123,13 @@ def _choice_html(choice: dict, row: dict | None, show_machine: bool) -> str:
             headline += f": {speed:.2f}× {choice.get('vs') or 'PyTorch fp32'}" + (f" ({interval})" if interval else "")
         headline += f", {quality['phrase']}" if quality.get("phrase") else ""
     out = [f'<div class="rec"><h3>{_esc(" · ".join(where))}</h3><p class="headline">{_esc(headline)}</p>']
-    if choice.get("busy") is True or (row or {}).get("busy") is True:
-        busy = "; ".join(_busy_reasons(row))
-        out.append(f'<p class="warn">⚠ measured while the machine was busy: {_esc(busy)}</p>')
+    if _as((row or {}).get("busy_reasons"), list):  # the chosen row itself; others' marks are among the reasons
+        out.append(f'<p class="warn">⚠ measured while the machine was busy: {_esc("; ".join(_busy_reasons(row)))}</p>')
     reasons = [str(r) for r in _as(choice.get("reasons"), list)]
     if reasons:
         out.append("<ul>" + "".join(f"<li>{_esc(r)}</li>" for r in reasons) + "</ul>")
     tied = [str(t) for t in _as(choice.get("tied_with"), list)]
-    if tied:
+    if tied and not any(r.startswith("tied within") for r in reasons):  # reports whose reasons do not say it
         out.append(f"<small>Statistically tied with {_esc(', '.join(tied))}.</small>")
     return "".join(out) + "</div>"
 
