@@ -31,8 +31,7 @@ from .report.recommend import recommend
 from .storage import Storage
 from .tasks import architecture, check_task
 from .tasks import task as get_task
-from .work import (RunContext, bench_cell, export_cell, quality_cell, quantize_cell,
-                   speed_cell)
+from .work import RunContext, bench_cell, export_cell, quality_cell, quantize_cell, speed_cell
 
 AUTO = "auto"  # every registered runtime; those missing here are listed as not run
 
@@ -194,8 +193,8 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
                                         else stages.thread_choices),
                      "tolerance": {m: tolerance_for(m, plan).describe() for m in checked.metrics},
                      "measured": {t: TIMINGS.get(t).what for t in plan.timing},
-                     "baseline": f"{BASELINE} on torch, same inputs, same machine type; same process unless "
-                                 "baseline_same_process is false (a resumed run, or a restarted worker)",
+                     "baseline": f"{BASELINE} on torch, same inputs, same machine type; speed-ups from the one "
+                                 "process that timed the interleaved rounds, latencies from each variant's own cell",
                      "executor": plan.executor, "storage": storage.root if not default_storage else "artifacts",
                      "sessions": sorted({r["session"] for r in rows})},
         "metrics": {m: evaluation.metric(m).description for m in checked.metrics},
@@ -328,13 +327,13 @@ class _Stages:
             # Last on its machine: every session is loaded again and timed in alternating rounds.
             cells.append(Cell(f"speed:{machine.name}", "bench", speed_cell, (self.work, pairs, cpus), machine))
         results = self._run("measure", cells)
-        speeds = {cell.machine.name: results[cell.key] for cell in cells if cell.key.startswith("speed:")}
+        speeds = {cell.machine.name: results[cell.key] for cell in cells if cell.fn is speed_cell}
         self._check_strict(speeds)
         rows: list[dict[str, Any]] = []
         described: dict[str, Any] = {}
         threads: dict[str, Any] = {}
         for cell in cells:
-            if cell.kind != "bench" or cell.key in (f"speed:{m}" for m in speeds):
+            if cell.kind != "bench" or cell.fn is speed_cell:
                 continue
             machine, (name, runtime) = cell.machine.name, cell.args[1:3]
             bench = results[cell.key]
