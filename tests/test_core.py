@@ -12,7 +12,7 @@ from qdeploy.errors import ConfigError, InputError
 
 def test_default_plan_round_trips():
     plan = plans.default()
-    assert plan.model is None and plan.task == "feature-extraction"
+    assert plan.model is None and plan.task == "auto"
     assert [m.name for m in plan.methods] == ["ort-dynamic", "ort-static", "openvino-bf16", "nncf-ptq",
                                               "nncf-weight-int8"]
     assert plan.batch_sizes == (1, 8) and plan.seq_len == 128

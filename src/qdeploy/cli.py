@@ -42,9 +42,13 @@ def cmd_run(args, console):
 def cmd_export(args, console):
     from . import exporters, models
 
+    from .tasks import resolve_task
+
     source = models.resolve(args.model, allow_pickle=args.allow_pickle)
+    task, why = resolve_task(args.task, source.config(), args.drop_head)
+    console.print(f"task {task} ({why})")
     with _progress(console) as progress:
-        artifact = exporters.export(source, args.task, args.format, Path(args.out), opset=args.opset,
+        artifact = exporters.export(source, task, args.format, Path(args.out), opset=args.opset,
                                     trust_remote_code=args.trust_remote_code, progress=progress.log,
                                     stateful=not args.stateless)
     v = artifact.manifest.validation
@@ -224,8 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     p = sub.add_parser("export", help="export a model to ONNX or OpenVINO IR, validated against PyTorch")
     p.add_argument("--model", help="local model directory or hub id (default: all-MiniLM-L6-v2)")
-    p.add_argument("--task", default="feature-extraction",
-                   help="feature-extraction | text-classification | text-generation")
+    p.add_argument("--task", default="auto",
+                   help="auto (default: from the model's config.json) | feature-extraction | text-classification | "
+                        "text-generation | text2text-generation")
+    p.add_argument("--drop-head", action="store_true",
+                   help="with --task feature-extraction on a model that has a task head: export the encoder alone")
     p.add_argument("--format", required=True, choices=["onnx", "openvino"])
     p.add_argument("--out", required=True, help="artifact directory to create")
     p.add_argument("--opset", type=int, help="ONNX opset (default per architecture, 17)")

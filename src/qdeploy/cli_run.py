@@ -65,7 +65,10 @@ def _add_run(sub):
     p.add_argument("--plan", type=Path, help="plan file (YAML); flags override its keys")
     p.add_argument("--resume", metavar="OUT", help="continue an interrupted run in OUT, re-using its finished cells")
     p.add_argument("--model", help="local model directory or Hugging Face hub id (default: all-MiniLM-L6-v2)")
-    p.add_argument("--task", help="feature-extraction | text-classification | text-generation")
+    p.add_argument("--task", help="auto (default: from the model's config.json) | feature-extraction | "
+                                  "text-classification | text-generation | text2text-generation")
+    p.add_argument("--drop-head", action="store_true", default=None,
+                   help="with --task feature-extraction on a model that has a task head: measure the encoder alone")
     p.add_argument("--methods", help="comma-separated quantization methods (see `qdeploy list`)")
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. ort-static.per_channel=false (repeatable)")
@@ -109,7 +112,7 @@ def _plan_from_args(args):
 
     base = plans.load(args.plan) if args.plan else plans.default()
     data = base.to_dict()
-    simple = {"model": args.model, "task": args.task, "runtimes": args.runtimes, "batch_sizes": args.batch_sizes,
+    simple = {"model": args.model, "task": args.task, "drop_head": args.drop_head, "runtimes": args.runtimes, "batch_sizes": args.batch_sizes,
               "seq_len": args.seq_len, "threads": args.threads, "warmup": args.warmup, "min_reps": args.min_reps,
               "min_time_s": args.min_time_s, "rounds": args.rounds, "strict_timing": args.strict_timing,
               "throughput_streams": args.throughput_streams,

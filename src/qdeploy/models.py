@@ -23,6 +23,10 @@ class ModelSource:
     sha256: str  # of the weights (several shards: hash of their hashes)
     pickle: bool = False  # weights are pytorch_model.bin (allowed only with --allow-pickle)
 
+    def config(self) -> dict:
+        """config.json, already checked to parse when the source was resolved."""
+        return json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+
     def describe(self) -> dict:
         return {"model": self.spec, "path": str(self.path), "model_type": self.model_type, "sha256": self.sha256,
                 "pickle": self.pickle}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from .progress import Progress, Silent
 from .report import write_reports
 from .report.recommend import recommend
 from .storage import Storage
-from .tasks import architecture, check_task
+from .tasks import architecture, check_task, resolve_task
 from .tasks import task as get_task
 from .work import RunContext, bench_cell, export_cell, quality_cell, quantize_cell, speed_cell
 
@@ -46,9 +46,13 @@ class Checked:
     runtimes: list[str]
     unavailable: dict[str, str]
     calibration: CalibrationSource
+    task_reason: str  # why this task: inferred from config.json, or as asked
 
 
 def check(plan: Plan) -> Checked:
+    source = models.resolve(plan.model, allow_pickle=plan.allow_pickle)
+    task_name, task_reason = resolve_task(plan.task, source.config(), plan.drop_head)
+    plan = replace(plan, task=task_name)
     the_task = get_task(plan.task)
     method_configs = [(spec.variant, spec.name, quantization.make_config(spec.name, spec.options))
                       for spec in plan.methods]
@@ -90,13 +94,12 @@ def check(plan: Plan) -> Checked:
         available = [r for r in runtimes.names() if runtimes.get(r).unavailable_reason() is None]
         name, reason = next(iter(unavailable.items()))
         raise UnsupportedError(f"runtime {name} is not available: {reason}; available here: {', '.join(available)}")
-    source = models.resolve(plan.model, allow_pickle=plan.allow_pickle)
     check_task(architecture(source.model_type), plan.task)
     cal = plan.calibration
     calibration = CalibrationSource(cal.source, cal.samples, cal.seed, cal.max_length, cal.batch_size)
     if any(quantization.method(name).needs_calibration for _, name, _ in method_configs):
         calibration.texts()  # fail now, not after the exports, on a missing or empty calibration file
-    return Checked(plan, source, method_configs, metrics, wanted_runtimes, unavailable, calibration)
+    return Checked(plan, source, method_configs, metrics, wanted_runtimes, unavailable, calibration, task_reason)
 
 
 def default_out(source: models.ModelSource) -> Path:
@@ -145,7 +148,8 @@ def _existing(target: Path) -> Artifact | None:
 def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, resume: bool = False) -> Path:
     progress = progress or Silent()
     checked = check(plan)
-    source = checked.source
+    plan, source = checked.plan, checked.source  # the plan with its task resolved
+    progress.log(f"task {plan.task} ({checked.task_reason})")
     max_positions = _max_positions(source)
     if max_positions and plan.seq_len > max_positions:
         raise ConfigError(f"--seq-len {plan.seq_len} is beyond what {source.name} allows ({max_positions} positions)")

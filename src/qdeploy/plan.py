@@ -50,7 +50,8 @@ class MachineSpec:
 @dataclass(frozen=True)
 class Plan:
     model: str | None = None  # None: the built-in default, all-MiniLM-L6-v2
-    task: str = "feature-extraction"
+    task: str = "auto"  # auto: from the model's config.json (its architectures' head), printed and recorded
+    drop_head: bool = False  # feature-extraction of a model with a task head: export the bare encoder on purpose
     methods: tuple[MethodSpec, ...] = ()
     runtimes: tuple[str, ...] = ("auto",)  # "auto": every runtime available here; others are reported as not run
     batch_sizes: tuple[int, ...] = (1, 8)

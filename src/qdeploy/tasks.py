@@ -85,6 +85,57 @@ def task(name: str) -> Task:
     return TASKS.get(name)
 
 
+AUTO = "auto"  # the task the model's own config names (its `architectures`), see infer_task
+FEATURE_EXTRACTION = "feature-extraction"
+# The head a class name ends with -> the task that keeps it; None: a head qdeploy cannot export yet. First match wins.
+_HEADS: tuple[tuple[str, str | None], ...] = (
+    ("ForSequenceClassification", "text-classification"),
+    ("ForCausalLM", "text-generation"),
+    ("LMHeadModel", "text-generation"),  # GPT-2, GPT-J: the causal LM head under its older name
+    ("ForConditionalGeneration", "text2text-generation"),
+    ("ForSeq2SeqLM", "text2text-generation"),
+    ("ForTokenClassification", None),
+    ("ForQuestionAnswering", None),
+    ("ForMaskedLM", None),
+    ("ForMultipleChoice", None),
+)
+
+
+def infer_task(config: dict) -> tuple[str, str]:
+    """(task, why) from a model's config.json: its first `architectures` class names the head it was trained with;
+    a bare encoder (BertModel) or a config without architectures is feature extraction."""
+    classes = [c for c in config.get("architectures") or [] if isinstance(c, str)]
+    for cls in classes:
+        for suffix, name in _HEADS:
+            if cls.endswith(suffix):
+                if name is None:
+                    raise UnsupportedError(f"{cls} has a {suffix[3:]} head, which qdeploy cannot export yet; "
+                                           f"--task {FEATURE_EXTRACTION} --drop-head exports its encoder without it")
+                if name == "text2text-generation" and not config.get("is_encoder_decoder", True):
+                    continue  # a decoder-only "conditional generation" class (some multimodal ones): not seq2seq
+                return name, f"from {cls} in config.json"
+    why = f"from {classes[0]} (no task head)" if classes else "config.json names no architectures"
+    return FEATURE_EXTRACTION, why
+
+
+def resolve_task(requested: str | None, config: dict, drop_head: bool = False) -> tuple[str, str]:
+    """The task to use and why. `auto` (or nothing) infers it; feature extraction of a model that has a head is
+    refused unless `drop_head` says it is meant, because the head would be silently lost."""
+    if requested in (None, AUTO):
+        return infer_task(config)
+    task(requested)  # an unknown task name fails here, with the list
+    if requested == FEATURE_EXTRACTION and not drop_head:
+        try:
+            inferred = infer_task(config)[0]
+        except UnsupportedError:
+            inferred = "a task qdeploy cannot export"
+        if inferred != FEATURE_EXTRACTION:
+            head = (config.get("architectures") or ["the model"])[0]
+            raise UnsupportedError(f"{head} has a head for {inferred}; --task {FEATURE_EXTRACTION} would drop it. "
+                                   f"Use --task {AUTO}, or add --drop-head to export the bare encoder on purpose")
+    return requested, "as asked"
+
+
 def architecture(model_type: str) -> Architecture:
     if model_type not in ARCHITECTURES:
         raise UnsupportedError(
