@@ -144,6 +144,7 @@ def cmd_inspect(args, console):
 
 def cmd_list(args, console):
     from rich.console import Console
+    from rich.markup import escape
 
     from . import evaluation, quantization, runtimes
     from .tasks import ARCHITECTURES, TASKS
@@ -161,7 +162,7 @@ def cmd_list(args, console):
     console.print("[bold]metrics[/bold]")
     for name in evaluation.names():
         m = evaluation.metric(name)
-        console.print(f"  {name:18} [{', '.join(m.tasks)}] {m.description}")
+        console.print(escape(f"  {name:18} [{', '.join(m.tasks)}] {m.description}; tolerance {m.tolerance.describe()}"))
     console.print(f"[bold]tasks[/bold] {', '.join(TASKS.names())}")
     console.print(f"[bold]architectures[/bold] {', '.join(ARCHITECTURES.names())}")
 
