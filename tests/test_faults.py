@@ -109,8 +109,8 @@ def test_bad_evaluation_files(capsys, tmp_path, content, needle):
 
 
 def test_task_the_architecture_lacks_from_the_cli(capsys, tmp_path):
-    code, err = run_cli(capsys, "run", "--model", STORIES, "--out", tmp_path / "o")
-    one_line_error(code, err, "architecture 'llama' does not support task feature-extraction; it supports: "
+    code, err = run_cli(capsys, "run", "--model", STORIES, "--task", "text-classification", "--out", tmp_path / "o")
+    one_line_error(code, err, "architecture 'llama' does not support task text-classification; it supports: "
                               "text-generation")
     assert not (tmp_path / "o").exists()
 

@@ -46,8 +46,9 @@ def cmd_export(args, console):
 
     source = models.resolve(args.model, allow_pickle=args.allow_pickle)
     task, why = resolve_task(args.task, source.config(), args.drop_head)
-    console.print(f"task {task} ({why})")
     with _progress(console) as progress:
+        if why != "as asked":
+            progress.log(f"task {task} ({why})")
         artifact = exporters.export(source, task, args.format, Path(args.out), opset=args.opset,
                                     trust_remote_code=args.trust_remote_code, progress=progress.log,
                                     stateful=not args.stateless)

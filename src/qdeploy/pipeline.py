@@ -149,7 +149,6 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
     progress = progress or Silent()
     checked = check(plan)
     plan, source = checked.plan, checked.source  # the plan with its task resolved
-    progress.log(f"task {plan.task} ({checked.task_reason})")
     max_positions = _max_positions(source)
     if max_positions and plan.seq_len > max_positions:
         raise ConfigError(f"--seq-len {plan.seq_len} is beyond what {source.name} allows ({max_positions} positions)")
@@ -167,6 +166,8 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
             progress.log(f"removed unfinished {name} left by an interrupted run")
     store = CellStore(out)
     with executor:
+        if checked.task_reason != "as asked":  # said once the run is under way, so an error stays one line
+            progress.log(f"task {plan.task} ({checked.task_reason})")
         work = RunContext(key=f"{out.resolve()}#{uuid.uuid4().hex[:8]}", plan=plan, source=source, storage=storage,
                           metrics=tuple(checked.metrics), max_positions=max_positions,
                           parallel=executor.name != "local")
