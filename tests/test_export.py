@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -61,6 +62,8 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path):
 
     GPTJForCausalLM(GPTJConfig(n_embd=16, n_layer=1, n_head=2, vocab_size=64, n_positions=32, rotary_dim=4)
                     ).save_pretrained(tmp_path / "gptj")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):  # a model needs a tokenizer
+        shutil.copy(STORIES / name, tmp_path / "gptj" / name)
     with pytest.raises(UnsupportedError, match="'gptj' is not supported yet; supported: .*bert.*llama"):
         exporters.export(models.resolve(str(tmp_path / "gptj")), "text-generation", "onnx", tmp_path / "x")
     assert not (tmp_path / "x").exists()

@@ -106,6 +106,15 @@ class Artifact:
         total = sum(safe_join(self.directory, f).stat().st_size for f in model_files)
         return round(total / 2**20, 2)
 
+    def max_positions(self) -> int | None:
+        """The longest input the model takes, from the config.json exported beside it (None when it does not say)."""
+        config = self.directory / "config.json"
+        if "config.json" not in self.manifest.files or not config.is_file():
+            return None
+        data = json.loads(config.read_text(encoding="utf-8"))
+        value = data.get("max_position_embeddings", data.get("n_positions"))
+        return value if isinstance(value, int) else None
+
     @classmethod
     def load(cls, directory: str | Path, verify: bool = False) -> "Artifact":
         directory = Path(directory)

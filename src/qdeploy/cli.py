@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 from .cli_run import _Parser, _add_run, _csv, _plan_from_args
+from . import __version__
 from .errors import ConfigError, QdeployError, disk_full
 
 def cmd_run(args, console):
@@ -47,11 +48,11 @@ def cmd_export(args, console):
     source = models.resolve(args.model, allow_pickle=args.allow_pickle)
     task, why = resolve_task(args.task, source.config(), args.drop_head)
     with _progress(console) as progress:
-        if why != "as asked":
-            progress.log(f"task {task} ({why})")
         artifact = exporters.export(source, task, args.format, Path(args.out), opset=args.opset,
                                     trust_remote_code=args.trust_remote_code, progress=progress.log,
                                     stateful=not args.stateless)
+    if why != "as asked":  # after the export, so that any error before it stays one line
+        console.print(f"task {task} ({why})")
     v = artifact.manifest.validation
     bound = f"atol {v['atol']}" if "atol" in v else f"tolerance {v['tolerance']:.2g}, greedy tokens identical"
     console.print(f"validated on {v['runtime']}: max |diff| {v['max_abs_diff']:.2e} ({bound})")
@@ -67,6 +68,10 @@ def cmd_quantize(args, console):
     parent = Artifact.load(args.artifact, verify=True)
     config = quantization.make_config(args.method, parse_options(args.option))
     calibration = CalibrationSource(args.calibration, samples=args.calibration_samples)
+    if Path(args.out).exists():
+        raise ConfigError(f"{args.out} already exists; choose another --out or remove it")
+    if quantization.method(args.method).needs_calibration:
+        calibration.texts()  # a missing or empty calibration file fails now, before anything is printed or loaded
     with _progress(console) as progress:
         artifact = quantization.quantize(parent, config, Path(args.out), calibration, progress=progress.log)
     for note in artifact.manifest.notes:
@@ -81,15 +86,22 @@ def cmd_bench(args, console):
 
     from . import runtimes
     from .artifact import Artifact
-    from .benchmarking import LatencyScenario, benchmark_case, measure_timings
-    from transformers import AutoTokenizer
-    from rich.table import Table
+    from .benchmarking import LatencyScenario
 
     scenario = LatencyScenario(warmup=args.warmup, min_reps=args.min_reps, min_time_s=args.min_time_s)
+    artifacts = [Artifact.load(directory, verify=True) for directory in args.artifacts]
+    for artifact in artifacts:  # every mistake before the first (slow) import of transformers
+        positions = artifact.max_positions()
+        if positions and args.seq_len > positions:
+            raise ConfigError(f"--seq-len {args.seq_len} is beyond what {artifact.name} allows ({positions} positions)")
+    from rich.table import Table
+    from transformers import AutoTokenizer
+
+    from .benchmarking import benchmark_case, measure_timings
+
     table = Table("artifact", "runtime", "timing", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "items/s", "cv")
     records = []
-    for directory in args.artifacts:
-        artifact = Artifact.load(directory, verify=True)
+    for artifact in artifacts:
         names = [args.runtime] if args.runtime else [n for n in runtimes.names()
                                                    if runtimes.get(n).supports(artifact)
                                                    and runtimes.get(n).unavailable_reason() is None]
@@ -226,6 +238,7 @@ def _print_table(console, report):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qdeploy", description="Export, quantize, run and measure Hugging Face transformers models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"qdeploy {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _add_run(sub)
     p = sub.add_parser("export", help="export a model to ONNX or OpenVINO IR, validated against PyTorch")
@@ -301,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_sigint)
     # Progress and tables go to stderr; stdout carries only the result path, for scripts.
-    console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 140, log_path=False)
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
@@ -334,8 +347,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report_interrupt() -> int:
-    print("qdeploy: interrupted; finished artifacts were kept, unfinished ones removed "
-          "(continue a run with `qdeploy run --resume OUT`)", file=sys.stderr)
+    pipeline = sys.modules.get("qdeploy.pipeline")  # imported only when a run was started
+    out = getattr(pipeline, "CURRENT_OUT", None)
+    hint = f"continue with `qdeploy run --resume {out}`" if out else "a run continues with `qdeploy run --resume OUT`"
+    print(f"qdeploy: interrupted; finished artifacts were kept, unfinished ones removed ({hint})", file=sys.stderr)
     return 130
 
 
@@ -349,12 +364,8 @@ def _quiet_libraries() -> None:
     logging.getLogger().setLevel(logging.ERROR)
     for name in ("nncf", "transformers", "torch", "openvino"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-    except ImportError:
-        pass
+    # Read by transformers when it is imported: importing it here would cost every command, errors included, 1.5 s.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 if __name__ == "__main__":

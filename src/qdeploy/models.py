@@ -111,9 +111,21 @@ def resolve(spec: str | None, allow_pickle: bool = False) -> ModelSource:
     if not path.is_dir():
         raise InputError(f"model {spec} must be a directory holding config.json and weights")
     model_type = _model_type(path)
+    _check_tokenizer(path)
     digest = _weights_sha256(path, allow_pickle)
     pickle = not any(path.glob("*.safetensors"))
     return ModelSource(path.name or spec.replace("/", "-"), spec, path, model_type, digest, pickle)
+
+
+# What AutoTokenizer can build a tokenizer from; without one of them it fails deep inside with a TypeError.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "source.spm")
+
+
+def _check_tokenizer(path: Path) -> None:
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...): save the tokenizer "
+                         "beside the model (tokenizer.save_pretrained(dir))")
 
 
 def _model_type(path: Path) -> str:

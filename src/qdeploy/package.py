@@ -81,7 +81,7 @@ def _readme(artifact: Artifact, name: str, measured: list[dict], chosen: list[di
     method = (m.method or {}).get("name", "none (fp32 export)")
     lines = [
         f"# {name}", "",
-        f"A {m.precision} {m.format} artifact of `{m.source.get('model')}` for {m.task}, made by qdeploy {__version__}.",
+        f"{'An' if m.precision[0] in 'aeiou' else 'A'} {m.precision} {m.format} artifact of `{m.source.get('model')}` for {m.task}, made by qdeploy {__version__}.",
         "", "## Use", "", "```python", "import qdeploy", "", f'predict = qdeploy.load("{name}")',
         'print(predict(["An example sentence."]))', "```", "",
         "Loading verifies the sha256 of every file (listed in manifest.json) and refuses a package that was changed.",

@@ -34,6 +34,7 @@ from .tasks import task as get_task
 from .work import RunContext, bench_cell, export_cell, quality_cell, quantize_cell, speed_cell
 
 AUTO = "auto"  # every registered runtime; those missing here are listed as not run
+CURRENT_OUT: Path | None = None  # the directory of the run under way in this process
 
 
 @dataclass
@@ -159,6 +160,8 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
             raise BusyMachineError(f"the machine is busy ({'; '.join(busy.reasons)}) and --strict-timing is set; "
                                    "run when it is idle")
     out = prepare_out(plan, source, out, resume)
+    global CURRENT_OUT
+    CURRENT_OUT = out  # the CLI names it in the resume hint when the run is interrupted
     default_storage = plan.storage is None
     storage = Storage(out / "artifacts" if default_storage else plan.storage)
     if not storage.remote:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import runtimes
 from ..artifact import Artifact, Manifest, copy_tokenizer, finalize, staging
-from ..errors import ExportValidationError, UnsupportedError
+from ..errors import ExportValidationError, InputError, UnsupportedError
 from ..machine import build_record, describe
 from ..models import ModelSource
 from ..registry import Registry
@@ -121,6 +121,8 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
            progress: Progress | None = None, stateful: bool = True) -> Artifact:
     """`stateful` applies to text-generation exported to OpenVINO (KV cache kept as OpenVINO state)."""
     say = progress or (lambda message: None)
+    if Path(out).exists() and not overwrite:  # before the model is loaded: a mistake answers at once
+        raise InputError(f"{out} already exists; choose another --out or remove it")
     fmt = FORMATS.get(fmt_name)
     the_task = task(task_name)
     arch: Architecture = architecture(source.model_type)

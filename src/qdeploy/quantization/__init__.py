@@ -86,7 +86,8 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
     if the_method is None:
         raise UnsupportedError(f"no method registered for config {type(config).__name__}")
     if parent.format != the_method.input_format:
-        raise UnsupportedError(f"method {the_method.name} needs a {the_method.input_format} artifact, "
+        article = "an" if the_method.input_format[0] in "aeiou" else "a"
+        raise UnsupportedError(f"method {the_method.name} needs {article} {the_method.input_format} artifact, "
                                f"{parent.directory} is {parent.format}")
     if parent.precision != "fp32":
         raise UnsupportedError(f"method {the_method.name} starts from an fp32 artifact; {parent.directory} is {parent.precision}")

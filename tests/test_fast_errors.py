@@ -1,0 +1,59 @@
+"""Every user mistake answers with one line, exit code 2 and no traceback, before anything heavy is imported.
+
+Each case runs in a real process (imports are what cost time). The bound is generous for a busy 2-core machine;
+on an idle one every case here takes 0.1-0.4 s.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import SST2_MODEL
+
+BOUND_S = 3.0
+
+
+def _qdeploy(*args, cwd):
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "qdeploy", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+    return proc, time.perf_counter() - t0
+
+
+def _cases(tmp_path, artifact) -> list[tuple[list, str]]:
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(SST2_MODEL / name, no_tokenizer / name)
+    return [
+        (["export", "--model", SST2_MODEL, "--format", "onnx", "--out", tmp_path], "already exists"),
+        (["export", "--model", no_tokenizer, "--format", "onnx", "--out", tmp_path / "x"], "no tokenizer files"),
+        (["export", "--model", SST2_MODEL, "--task", "feature-extraction", "--format", "onnx", "--out",
+          tmp_path / "y"], "would drop it"),
+        (["quantize", artifact, "--method", "ort-static", "--calibration", "nope.txt", "--out", tmp_path / "q"],
+         "nope.txt does not exist"),
+        (["bench", artifact, "--seq-len", "1024"], "beyond what"),
+        (["bench", tmp_path / "nope"], "not a qdeploy artifact"),
+        (["run", "--methods", "bogus", "--out", tmp_path / "r"], "bogus"),
+        (["run", "--model", SST2_MODEL, "--tolerance", "accuracy=0.01", "--out", tmp_path / "r"],
+         "tolerance names accuracy"),
+    ]
+
+
+def test_mistakes_answer_in_one_line_within_the_bound(tmp_path, sst2_onnx):
+    for args, needle in _cases(tmp_path, sst2_onnx.directory):
+        proc, seconds = _qdeploy(*args, cwd=tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, proc.stderr)
+        assert seconds < BOUND_S, (args, seconds)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["list"]])
+def test_help_version_and_list_are_quick(tmp_path, args):
+    proc, seconds = _qdeploy(*args, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+    assert seconds < BOUND_S
