@@ -105,7 +105,7 @@ def test_method_options_are_typed():
 
 
 def test_wrong_input_format_is_refused(sst2_onnx, tmp_path):
-    with pytest.raises(UnsupportedError, match="needs a openvino artifact"):
+    with pytest.raises(UnsupportedError, match="needs an openvino artifact"):
         quantization.quantize(sst2_onnx, quantization.make_config("nncf-ptq"), tmp_path / "x")
 
 
