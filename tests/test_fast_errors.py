@@ -39,6 +39,10 @@ def _cases(tmp_path, artifact) -> list[tuple[list, str]]:
         (["bench", artifact, "--seq-len", "1024"], "beyond what"),
         (["bench", tmp_path / "nope"], "not a qdeploy artifact"),
         (["run", "--methods", "bogus", "--out", tmp_path / "r"], "bogus"),
+        (["bench", artifact, "--runtimes", "ort-cpu,bogus"], "unknown runtime 'bogus'"),
+        (["quantize", artifact, "--methods", "ort-dynamic,ort-static", "--out", tmp_path / "q"], "one method"),
+        (["quantize", artifact, "--method", "ort-static", "--option", "ort-dynamic.per_channel=false", "--out",
+          tmp_path / "q"], "is for method ort-dynamic"),
         (["run", "--model", SST2_MODEL, "--tolerance", "accuracy=0.01", "--out", tmp_path / "r"],
          "tolerance names accuracy"),
     ]
@@ -57,3 +61,17 @@ def test_help_version_and_list_are_quick(tmp_path, args):
     proc, seconds = _qdeploy(*args, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
     assert seconds < BOUND_S
+
+
+def test_one_vocabulary_of_options():
+    from qdeploy.cli import _own_options, build_parser
+
+    assert _own_options(["ort-static.per_channel=false", "symmetric=true"], "ort-static") == [
+        "per_channel=false", "symmetric=true"]
+    parser = build_parser()
+    for argv, key, value in ((["run", "--method", "ort-dynamic"], "methods", "ort-dynamic"),
+                             (["run", "--runtime", "ort-cpu"], "runtimes", ["ort-cpu"]),
+                             (["bench", "a", "--runtime", "ort-cpu"], "runtimes", ["ort-cpu"]),
+                             (["bench", "a", "--json", "m.json"], "out", "m.json"),
+                             (["quantize", "a", "--methods", "ort-static", "--out", "o"], "method", "ort-static")):
+        assert getattr(parser.parse_args(argv), key) == value, argv

@@ -59,6 +59,18 @@ def cmd_export(args, console):
     print(artifact.directory)
 
 
+def _own_options(pairs: list[str] | None, method: str) -> list[str]:
+    """`--option` as `run` spells it (METHOD.KEY=VALUE) or bare (KEY=VALUE): with one method, both mean the same."""
+    own = []
+    for pair in pairs or []:
+        key = pair.partition("=")[0]
+        prefix, dot, bare = key.rpartition(".")
+        if dot and prefix != method:
+            raise ConfigError(f"--option {pair!r} is for method {prefix}, but this quantize uses {method}")
+        own.append(pair[len(prefix) + 1:] if dot else pair)
+    return own
+
+
 def cmd_quantize(args, console):
     from . import quantization
     from .artifact import Artifact
@@ -66,7 +78,10 @@ def cmd_quantize(args, console):
     from .config import parse_options
 
     parent = Artifact.load(args.artifact, verify=True)
-    config = quantization.make_config(args.method, parse_options(args.option))
+    if "," in args.method:
+        raise ConfigError(f"quantize makes one artifact with one method; got --method {args.method} "
+                          "(`qdeploy run --methods` compares several)")
+    config = quantization.make_config(args.method, parse_options(_own_options(args.option, args.method)))
     calibration = CalibrationSource(args.calibration, samples=args.calibration_samples)
     if Path(args.out).exists():
         raise ConfigError(f"{args.out} already exists; choose another --out or remove it")
@@ -90,6 +105,8 @@ def cmd_bench(args, console):
 
     scenario = LatencyScenario(warmup=args.warmup, min_reps=args.min_reps, min_time_s=args.min_time_s)
     artifacts = [Artifact.load(directory, verify=True) for directory in args.artifacts]
+    for name in args.runtimes or []:
+        runtimes.get(name)  # an unknown runtime fails now, with the list
     for artifact in artifacts:  # every mistake before the first (slow) import of transformers
         positions = artifact.max_positions()
         if positions and args.seq_len > positions:
@@ -102,7 +119,7 @@ def cmd_bench(args, console):
     table = Table("artifact", "runtime", "timing", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "items/s", "cv")
     records = []
     for artifact in artifacts:
-        names = [args.runtime] if args.runtime else [n for n in runtimes.names()
+        names = list(args.runtimes) if args.runtimes else [n for n in runtimes.names()
                                                    if runtimes.get(n).supports(artifact)
                                                    and runtimes.get(n).unavailable_reason() is None]
         tokenizer = AutoTokenizer.from_pretrained(str(artifact.directory))
@@ -117,8 +134,8 @@ def cmd_bench(args, console):
                                   f"{m.latency_ms['p99']:.2f}", f"{m.throughput_per_s:.1f}",
                                   f"{m.cv:.1%}" + (" noisy" if m.noisy else ""))
     console.print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=2), encoding="utf-8")
+    if args.out:
+        Path(args.out).write_text(json.dumps(records, indent=2), encoding="utf-8")
 
 
 def cmd_package(args, console):
@@ -257,14 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true")
     p = sub.add_parser("quantize", help="quantize an fp32 artifact with one method")
     p.add_argument("artifact", help="an artifact directory made by `qdeploy export`")
-    p.add_argument("--method", required=True, help="see `qdeploy list`")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a method option (repeatable)")
+    p.add_argument("--method", "--methods", dest="method", required=True,
+                   help="the one quantization method (see `qdeploy list`)")
+    p.add_argument("--option", action="append", metavar="[METHOD.]KEY=VALUE",
+                   help="a method option, e.g. per_channel=false or ort-static.per_channel=false (repeatable)")
     p.add_argument("--calibration", default="builtin", help="builtin, a text/TSV/CSV/JSONL file, or FILE:COLUMN")
     p.add_argument("--calibration-samples", type=int, default=128)
     p.add_argument("--out", required=True, help="artifact directory to create")
     p = sub.add_parser("bench", help="measure latency of artifacts on their runtimes")
     p.add_argument("artifacts", nargs="+")
-    p.add_argument("--runtime", help="one runtime (default: every available runtime that supports the artifact)")
+    p.add_argument("--runtimes", "--runtime", dest="runtimes", type=_csv(str),
+                   help="comma-separated runtimes (default: every available runtime that supports the artifact)")
     p.add_argument("--batch-sizes", type=_csv(int), default=[1, 8])
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--threads", type=int)
@@ -274,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int,
                    help="text-generation: tokens decoded per request in the generation benchmark (default 64)")
     p.add_argument("--timing", type=_csv(str), default=["model"], help="model and/or end-to-end (see `run --help`)")
-    p.add_argument("--json", metavar="FILE", help="also write the measurements (with stdev, cv and what was timed)")
+    p.add_argument("--out", "--json", dest="out", metavar="FILE",
+                   help="also write the measurements as JSON (with stdev, cv and what was timed)")
     p = sub.add_parser("package", help="make a self-contained deployment directory or .tar.gz from an artifact")
     p.add_argument("artifact", help="an artifact directory (e.g. runs/<run>/artifacts/ort-static), or with "
                                     "--recommended a run directory")

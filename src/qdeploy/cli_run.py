@@ -69,10 +69,11 @@ def _add_run(sub):
                                   "text-classification | text-generation | text2text-generation")
     p.add_argument("--drop-head", action="store_true", default=None,
                    help="with --task feature-extraction on a model that has a task head: measure the encoder alone")
-    p.add_argument("--methods", help="comma-separated quantization methods (see `qdeploy list`)")
+    p.add_argument("--methods", "--method", dest="methods",
+                   help="comma-separated quantization methods (see `qdeploy list`)")
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. ort-static.per_channel=false (repeatable)")
-    p.add_argument("--runtimes", type=_csv(str),
+    p.add_argument("--runtimes", "--runtime", dest="runtimes", type=_csv(str),
                    help="comma-separated runtimes (see `qdeploy list`), or auto: every runtime present (default)")
     p.add_argument("--calibration", help="calibration text: builtin, a .txt/.tsv/.csv/.jsonl file, or FILE:COLUMN")
     p.add_argument("--calibration-samples", type=int, help="number of calibration samples (default 128)")
