@@ -40,6 +40,7 @@ def _cases(tmp_path, artifact) -> list[tuple[list, str]]:
         (["bench", tmp_path / "nope"], "not a qdeploy artifact"),
         (["run", "--methods", "bogus", "--out", tmp_path / "r"], "bogus"),
         (["bench", artifact, "--runtimes", "ort-cpu,bogus"], "unknown runtime 'bogus'"),
+        (["list", "bogus"], "unknown method 'bogus'"),
         (["quantize", artifact, "--methods", "ort-dynamic,ort-static", "--out", tmp_path / "q"], "one method"),
         (["quantize", artifact, "--method", "ort-static", "--option", "ort-dynamic.per_channel=false", "--out",
           tmp_path / "q"], "is for method ort-dynamic"),
@@ -75,3 +76,12 @@ def test_one_vocabulary_of_options():
                              (["bench", "a", "--json", "m.json"], "out", "m.json"),
                              (["quantize", "a", "--methods", "ort-static", "--out", "o"], "method", "ort-static")):
         assert getattr(parser.parse_args(argv), key) == value, argv
+
+
+def test_list_method_shows_its_options(tmp_path):
+    proc, seconds = _qdeploy("list", "ort-static", cwd=tmp_path)
+    assert proc.returncode == 0 and seconds < BOUND_S, proc.stderr
+    text = " ".join(proc.stdout.split())  # rich wraps long lines
+    assert "options (--option ort-static.KEY=VALUE)" in text
+    assert "calibration_method minmax|entropy|percentile, default minmax" in text
+    assert "ffn_int8 true|false, default false: True also quantizes the feed-forward MatMuls" in text

@@ -180,11 +180,20 @@ def cmd_list(args, console):
     from .tasks import ARCHITECTURES, TASKS
 
     console = Console()
+    if args.method:
+        from .config import describe_options
+
+        the_method = quantization.method(args.method)
+        console.print(escape(f"{the_method.name} ({the_method.input_format}): {the_method.description}"))
+        console.print("options (--option " + escape(f"{the_method.name}.KEY=VALUE") + "):")
+        for name, kind, default, note in describe_options(the_method.config):
+            console.print(escape(f"  {name:22} {kind}, default {default}" + (f": {note}" if note else "")))
+        return
 
     console.print("[bold]methods[/bold]")
     for name in quantization.names():
         m = quantization.method(name)
-        console.print(f"  {name:18} ({m.input_format}) {m.description}")
+        console.print(escape(f"  {name:18} ({m.input_format}) {m.description}"))
     console.print("[bold]runtimes[/bold]")
     for name in runtimes.names():
         reason = runtimes.get(name).unavailable_reason()
@@ -311,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default="builtin", help="text to measure activations on (as for quantize)")
     p.add_argument("--calibration-samples", type=int, default=64)
     p.add_argument("--out", help="where to write the JSON (default: <artifact>.inspect.json beside the artifact)")
-    sub.add_parser("list", help="methods, runtimes, metrics, tasks and architectures qdeploy knows")
+    p = sub.add_parser("list", help="methods, runtimes, metrics, tasks and architectures qdeploy knows")
+    p.add_argument("method", nargs="?", help="a method: its options with their types, defaults and notes")
     return parser
 
 

@@ -99,3 +99,59 @@ def parse_options(pairs: list[str] | None) -> dict[str, str]:
             raise ConfigError(f"option {pair!r} must look like KEY=VALUE")
         options[key.strip()] = value.strip()
     return options
+
+
+def _field_notes(cls: type) -> dict[str, str]:
+    """The comment beside each field of `cls`'s own source, or the comment lines just above it."""
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        source = inspect.getsource(cls)
+        comments = {t.start[0]: t.string.lstrip("# ").strip()
+                    for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    except (OSError, TypeError, tokenize.TokenError):
+        return {}
+    lines = source.splitlines()
+    notes = {}
+    for number, line in enumerate(lines, 1):
+        name = line.strip().partition(":")[0]
+        if not name.isidentifier() or line.strip().startswith(("def ", "class ", "#", "@")):
+            continue
+        above, block = number - 1, []
+        while above in comments and lines[above - 1].strip().startswith("#"):
+            block.insert(0, comments[above])
+            above -= 1
+        notes[name] = comments.get(number) or " ".join(block)
+    return notes
+
+
+def describe_options(cls: type) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, note) per option of a config dataclass, the note being the comment written beside the
+    field or just above it (in whichever class of its hierarchy declares it): the source stays the one place an
+    option is explained."""
+    notes: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):  # a subclass's own comment wins
+        notes.update({k: v for k, v in _field_notes(klass).items() if v or k not in notes})
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        shown = '""' if default == "" else "none" if default in (None, ()) else str(default).lower() if isinstance(default, bool) else str(default)
+        out.append((f.name, _type_name(hints[f.name]), shown, notes.get(f.name, "")))
+    return out
+
+
+def _type_name(hint: Any) -> str:
+    """A type as a person writes it on the command line: a|b|c for a choice, "X or none" for an optional."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "|".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        named = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(named) + (" or none" if type(None) in args else "")
+    if origin in (tuple, list):
+        return f"list of {_type_name(args[0]) if args else 'text'}"
+    return {str: "text", int: "integer", float: "number", bool: "true|false"}.get(hint, getattr(hint, "__name__", str(hint)))
