@@ -36,7 +36,9 @@ def cmd_run(args, console):
     with _progress(console) as progress:
         report_path = pipeline.run(plan, progress, out=Path(args.resume) if args.resume else None,
                                    resume=bool(args.resume))
-    _print_table(console, load_report(report_path.parent))
+    from .cli_table import print_report
+
+    print_report(console, load_report(report_path.parent))
     print(report_path)
 
 
@@ -210,55 +212,6 @@ def _progress(console):
     from .cli_progress import RichProgress
 
     return RichProgress(console)
-
-
-def _print_recommendation(console, report):
-    from rich.markup import escape
-
-    for choice in (report.get("recommendation") or {}).get("choices", []):
-        where = f"batch {choice['batch']}" + (f" on {choice['machine']}" if len(report.get("machines") or {}) > 1 else "")
-        console.print(f"[bold green]{where}: {escape(choice['headline'])}[/bold green]")
-        for reason in choice["reasons"]:
-            console.print(f"  {escape(reason)}")
-    choice = (report.get("settings") or {}).get("threads_choice")
-    if isinstance(choice, dict) and choice.get("reason"):
-        console.print(f"threads: {escape(choice['reason'])}")
-
-
-def _print_table(console, report):
-    from rich.markup import escape
-    from rich.table import Table
-
-    _print_recommendation(console, report)
-    machines = report.get("machines") or {}
-    machine = report["machine"]
-    cpu = machine["cpu_model"] + (f" ({machine['cpu_generation']})" if machine.get("cpu_generation") else "")
-    where = cpu if len(machines) <= 1 else f"{len(machines)} machine types"
-    table = Table(title=f"{report['model']['source']} ({report['model']['task']}) on {where}")
-    columns = ("machine",) * (len(machines) > 1) + ("variant", "runtime", "batch", "p50 ms", "speed-up (95 % CI)",
-                                                   "size MB", "quality", "Δ vs fp32", "")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("machine", "variant", "runtime", "") else "right")
-    for row in report["results"]:
-        q = row.get("quality") or {}
-        speed, interval = row.get("speedup_vs_fp32"), row.get("speedup_interval")
-        speed_text = "-" if not speed else f"{speed:.2f}x" + (f" ({interval[0]:.2f}-{interval[1]:.2f})"
-                                                              if interval else "")
-        verdict = (q.get("verdict") or {})
-        delta = "-" if q.get("delta") is None else f"{q['delta']:+.4f}" + ("" if verdict.get("qualifies", True)
-                                                                          else " ✗")
-        table.add_row(*(row.get("machine", ""),) * (len(machines) > 1), row["variant"], row["runtime"],
-                      str(row["batch"]), f"{row['latency_ms']['p50']:.2f}", speed_text, f"{row['size_mb']:.1f}",
-                      f"{q.get('metric')} {q.get('value'):.4f}" if q else "-", delta,
-                      "[yellow]busy[/yellow]" if row.get("busy_reasons") else "")
-    console.print(table)
-    busy = dict.fromkeys(r for row in report["results"] for r in row.get("busy_reasons") or [])
-    if busy:
-        console.print(f"[yellow]busy[/yellow]: the machine was busy while timing ({escape('; '.join(busy))}); the "
-                      "ratios come from interleaved rounds, use --strict-timing to refuse such a run")
-    for skip in report.get("skipped", []):
-        on = f" ({skip['machine']})" if skip.get("machine") else ""
-        console.print(f"[yellow]not run[/yellow] {skip['variant']} on {skip['runtime']}{on}: {escape(skip['reason'])}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from pathlib import Path
 from . import __version__
 from .artifact import Artifact, finalize, safe_join, staging
 from .errors import InputError
+from .report._format import speedup_text
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
@@ -57,13 +58,6 @@ def recommended_artifact(run_dir: str | Path, batch: int | None = None) -> Path:
     return run_dir / "artifacts" / variants[0]
 
 
-def _speed(row: dict) -> str:
-    speed, interval = row.get("speedup_vs_fp32"), row.get("speedup_interval")
-    if not speed:
-        return "-"
-    return f"{speed:.2f}x" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
-
-
 def _quality(q: dict) -> str:
     if not q:
         return "-"
@@ -107,7 +101,7 @@ def _readme(artifact: Artifact, name: str, measured: list[dict], chosen: list[di
         for r in measured:
             note = "busy: " + "; ".join(r["busy_reasons"]) if r.get("busy_reasons") else ""
             lines.append(f"| {r['machine']} | {r['runtime']} | {r['batch']} | {r['seq_len']} | "
-                         f"{r['latency_ms']['p50']:.2f} | {_speed(r)} | {_quality(r.get('quality') or {})} | {note} |")
+                         f"{r['latency_ms']['p50']:.2f} | {speedup_text(r)} | {_quality(r.get('quality') or {})} | {note} |")
     return "\n".join(lines) + "\n"
 
 

@@ -21,9 +21,11 @@ from .benchmarking import (LatencyScenario, RssSampler, ThroughputScenario, benc
                            measure_timings, throughput_runner)
 from .benchmarking.generation import GenerationScenario, generates, measure_generation
 from .benchmarking.interleaved import RoundsScenario, run_rounds
+from .benchmarking.latency import request
 from .benchmarking.threads import ThreadChoice, choose_threads
 from .calibration import CalibrationSource
 from .errors import QdeployError
+from .evaluation import stats
 from .machine import describe
 from .models import ModelSource
 from .plan import Plan
@@ -145,16 +147,14 @@ def _artifact(run: RunContext, name: str) -> Artifact:
 def _threads(run: RunContext, cpus: int | None) -> int:
     """The plan's threads when it names them; else one per core, or fewer when a probe on a busy machine found
     fewer faster (decided once per process, on the PyTorch baseline, before anything is timed)."""
-    if run.plan.threads:
-        return run.plan.threads
     return _thread_choice(run, cpus).threads
 
 
 def _thread_choice(run: RunContext, cpus: int | None) -> ThreadChoice:
-    shared = _shared(run)
-    default = cpus or describe()["cores_physical"] or 1
     if run.plan.threads:
         return ThreadChoice(run.plan.threads, f"{run.plan.threads}: set by the plan")
+    shared = _shared(run)
+    default = cpus or describe()["cores_physical"] or 1
     if shared.thread_choice is None:
         batch = min(run.plan.batch_sizes)
         shared.thread_choice = choose_threads(lambda t: runtimes.load(shared.baseline, "torch", t),
@@ -168,8 +168,6 @@ def quality_cell(run: RunContext, name: str, runtime: str, cpus: int | None,
     """The quality of one variant on one runtime, with its 95 % interval and its per-item statistics (`items`, which
     the driver pairs with the baseline's and drops from the report). The baseline's cell returns its raw outputs as
     `references`; a variant's cell is given that result, for the metrics that compare outputs with fp32."""
-    from .evaluation import stats
-
     try:
         shared = _shared(run)
         ctx = evaluation.EvalContext(shared.tokenizer, shared.feed_names, max_positions=run.max_positions)
@@ -219,7 +217,7 @@ def speed_cell(run: RunContext, pairs: list[tuple[str, str]], cpus: int | None) 
     plan = run.plan
     shared = _shared(run)
     threads = _threads(run, cpus)
-    calls, skipped, formats = {}, {}, {}
+    sessions, skipped, formats = {}, {}, {}
     for name, runtime in pairs:
         key = f"{name}@{runtime}"
         try:
@@ -229,21 +227,21 @@ def speed_cell(run: RunContext, pairs: list[tuple[str, str]], cpus: int | None) 
             skipped[key] = str(exc)
             continue
         formats[key] = artifact.format
-        calls[key] = session
-    if not calls:
+        sessions[key] = session
+    if not sessions:
         return {"skipped": "; ".join(skipped.values()) or "nothing to time", "session": SESSION}
-    reference = next(iter(calls))  # pairs come baseline first, then the fp32 artifacts, then the variants
+    reference = next(iter(sessions))  # pairs come baseline first, then the fp32 artifacts, then the variants
     scenario = RoundsScenario(rounds=plan.rounds)
     batches = {}
     for batch in plan.batch_sizes:
-        timed_calls = {key: _caller(session, shared.inputs[batch].inputs) for key, session in calls.items()}
+        timed_calls = {key: request(session, shared.inputs[batch].inputs) for key, session in sessions.items()}
         rounds = run_rounds(timed_calls, scenario)
         rows = {}
-        for key in calls:
-            name, runtime = key.split("@", 1)
+        for key in sessions:
+            runtime = key.split("@", 1)[1]
             own_fp32 = f"{FP32_VARIANTS.get(formats[key], BASELINE)}@{runtime}"
             rows[key] = {"vs_reference": rounds.ratio(reference, key).to_dict(),
-                         "vs_runtime_fp32": rounds.ratio(own_fp32, key).to_dict() if own_fp32 in calls else None,
+                         "vs_runtime_fp32": rounds.ratio(own_fp32, key).to_dict() if own_fp32 in sessions else None,
                          "calls_per_round": rounds.calls[key], "cv": round(rounds.cv(key), 4),
                          "ratio_cv": round(rounds.ratio_cv(reference, key), 4),
                          "median_ms": round(float(np.median(rounds.seconds[key])) * 1000, 3),
@@ -251,16 +249,6 @@ def speed_cell(run: RunContext, pairs: list[tuple[str, str]], cpus: int | None) 
         batches[str(batch)] = {"rows": rows, "busy": rounds.busy, "load": rounds.load}
     return {"reference": reference, "batches": batches, "not_timed": skipped, "session": SESSION,
             "threads": threads, "threads_choice": _thread_choice(run, cpus).to_dict(), "rounds": plan.rounds}
-
-
-def _caller(session, inputs: list[dict[str, np.ndarray]]):
-    """One request of `session` on input number i, as the latency benchmark runs it (inputs resident on the device
-    for a session that binds them)."""
-    bind = getattr(session, "bind", None)
-    if bind is not None:
-        bound = [bind(batch) for batch in inputs]
-        return lambda i: bound[i % len(bound)]()
-    return lambda i: session.run(inputs[i % len(inputs)])
 
 
 def _bench(artifact, name, runtime, threads, inputs, scenario, plan: Plan, generation) -> list[dict]:

@@ -237,3 +237,13 @@ def _fmt_interval(interval: Any, digits: int = 2, suffix: str = "") -> str:
     if pair is None or f"{pair[0]:.{digits}f}" == f"{pair[1]:.{digits}f}":
         return ""
     return f"{pair[0]:.{digits}f}–{pair[1]:.{digits}f}{suffix}"
+
+
+def speedup_text(row: dict, mark: str = "x", dash: str = "-", against: str = "", missing: str = "-") -> str:
+    """A row's speed-up with its 95 % interval: '1.47x (1.39-1.55)', or with `against` between them:
+    '1.47x PyTorch fp32 (1.39-1.55)'. The one spelling the terminal, package README and recommendation share."""
+    speed, interval = _num(row.get("speedup_vs_fp32")), _pair(row.get("speedup_interval"))
+    if not speed:
+        return missing
+    text = f"{speed:.2f}{mark}" + (f" {against}" if against else "")
+    return text + (f" ({interval[0]:.2f}{dash}{interval[1]:.2f})" if interval else "")

@@ -15,9 +15,10 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, InputError
 from . import _write_atomic, load_report
-from .html import _CSS, _WIDTH, _clip, _esc, _fmt, _num, _svg
+from .html import _CSS, _fmt, _num
 from .html import _fmt_quality as _html_quality
 from .markdown import DASH, _groups, _md, _qualities
+from .plot_svg import _WIDTH, _clip, _esc, _svg
 from .recommend import recommend
 from .markdown import _fmt_quality as _md_quality
 

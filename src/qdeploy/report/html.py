@@ -1,7 +1,7 @@
 """Render a qdeploy report (schema ``qdeploy.report/1``) as one self-contained HTML page.
 
 The page must open offline and be safe to attach or archive: inline CSS, inline SVG charts computed here (the
-Pareto plot in ``plot_svg``), no JavaScript and no URLs of any kind. Standard library only, independent of the rest
+Pareto plot and bar charts in ``plot_svg``), no JavaScript and no URLs of any kind. Standard library only, independent of the rest
 of ``qdeploy``. Every string read from the report is escaped exactly once: cells are plain text unless wrapped in
 ``_Safe``, which only this module builds, from escaped parts.
 
@@ -14,7 +14,7 @@ from typing import Any, Callable
 from ._format import (DASH, GENERATION_COLUMNS, _concurrent, _fmt, _fmt_delta, _fmt_interval, _fmt_quality,
                       _generation_rows, _groups, _noisy, _num, _qualities, _quality_digits, _quality_matrix,
                       _quality_unit, _timing_cell, _timings, _what_was_timed, machine_labels)
-from .plot_svg import _WIDTH, _clip, _esc, _label, _svg, pareto_figure
+from .plot_svg import _esc, _label, latency_chart, pareto_figure, size_chart
 
 # System font stack only: a web font would need a network fetch.
 _CSS = """
@@ -297,49 +297,6 @@ def _quality_by_variant(report: dict, results: list[dict]) -> list[str]:
 
 # --- charts -------------------------------------------------------------------------------------
 
-def _hbar_chart(items: list[tuple[str, float, float | None, str]], label: str,
-                css: str = "bar") -> str:
-    """Horizontal bars; items are (label, value, whisker end or None, value text)."""
-    label_w = min(260, 16 + 6.8 * max(len(_clip(i[0], 36)) for i in items))
-    plot_w, row_h = _WIDTH - label_w - 170, 24  # 170px keeps the value text inside the box
-    top = max(max(v, w or 0.0) for _, v, w, _ in items) or 1.0
-    body = []
-    for index, (name, value, whisker, text) in enumerate(items):
-        y, mid = 6 + index * row_h, 6 + index * row_h + row_h / 2
-        width = end = plot_w * max(value, 0.0) / top
-        body.append(f'<text x="{label_w - 8:.1f}" y="{mid:.1f}" text-anchor="end" '
-                    f'dominant-baseline="middle"><title>{_esc(name)}</title>{_esc(_clip(name, 36))}</text>'
-                    f'<rect class="{css}" x="{label_w:.1f}" y="{y + 4:.1f}" width="{width:.1f}" '
-                    f'height="{row_h - 8}"/>')
-        if whisker is not None and whisker > value:
-            end = plot_w * whisker / top
-            x0, x1 = label_w + width, label_w + end
-            body.append(f'<line class="whisker" x1="{x0:.1f}" y1="{mid:.1f}" x2="{x1:.1f}" y2="{mid:.1f}"/>'
-                        f'<line class="whisker" x1="{x1:.1f}" y1="{y + 6:.1f}" x2="{x1:.1f}" '
-                        f'y2="{y + row_h - 6:.1f}"/>')
-        body.append(f'<text x="{label_w + end + 6:.1f}" y="{mid:.1f}" '
-                    f'dominant-baseline="middle">{_esc(text)}</text>')
-    return _svg(12 + len(items) * row_h, body, label)
-
-
-def _latency_chart(rows: list[dict], shape: str) -> str:
-    items = []
-    for row in rows:
-        lat = _as(row.get("latency_ms"), dict)
-        p50, p90 = _num(lat.get("p50")), _num(lat.get("p90"))
-        if p50 is not None:
-            text = f"{p50:.2f} ms" + (f" (p90 {p90:.2f})" if p90 is not None else "")
-            items.append((_label(row), p50, p90, text))
-    return _hbar_chart(items, f"p50 latency, {shape}") if items else '<p class="empty">No latency data.</p>'
-
-
-def _size_chart(variants: list) -> str:
-    sizes = [(str(v.get("name") or "?"), _num(v.get("size_mb"))) for v in variants if isinstance(v, dict)]
-    items = [(name, size, None, f"{size:.1f} MB") for name, size in sizes if size is not None]
-    return _hbar_chart(items, "Model size per variant", "bar size") if items else \
-        '<p class="empty">No variant sizes recorded.</p>'
-
-
 def _plot_metric(report: dict, rows: list[dict]) -> str | None:
     """The recommendation's metric when the rows have it, else the rows' primary quality."""
     judged = _as(report.get("recommendation"), dict).get("judged_on")
@@ -438,8 +395,8 @@ def render_html(report: dict) -> str:
     out += _per_shape("Results", groups, _results,
                       "memory MB is what loading the variant added to the process (RSS delta); load s the time to "
                       "load it. The folded table holds tail latency, timing spread and the machine's load.")
-    out += _per_shape("Latency", groups, _latency_chart, "Bars show p50 latency; the thin whisker ends at p90.")
-    out += ["<h2>Model size</h2>", _size_chart(_as(report.get("variants"), list))]
+    out += _per_shape("Latency", groups, latency_chart, "Bars show p50 latency; the thin whisker ends at p90.")
+    out += ["<h2>Model size</h2>", size_chart(_as(report.get("variants"), list))]
     generation = [[(cell, "") for cell in row] for row in _generation_rows(results)]
     if generation:
         out += ["<h2>Generation</h2>", _table(GENERATION_COLUMNS, generation)]

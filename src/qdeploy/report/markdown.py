@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._format import (DASH, machine_labels, GENERATION_COLUMNS, _generation_rows, _quality_matrix, _concurrent, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities, _timing_cell,
-                      _timings, _what_was_timed)
+                      _timings, _what_was_timed, speedup_text)
 
 _FIXED_COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
                   "throughput/s", "speed-up", "vs runtime fp32", "concurrent/s", "size MB", "peak RSS MB"]
@@ -40,14 +40,6 @@ def _metrics(rows: list[dict]) -> list[str]:
             if metric not in metrics:
                 metrics.append(metric)
     return metrics
-
-
-def _speed(row: dict) -> str:
-    interval = row.get("speedup_interval")
-    text = _fmt(row.get("speedup_vs_fp32"), 2, "×")
-    if isinstance(interval, list) and len(interval) == 2:
-        text += f" ({_fmt(interval[0], 2)}–{_fmt(interval[1], 2)})"
-    return text
 
 
 def _quality_cell(quality: Any) -> str:
@@ -97,7 +89,7 @@ def _row_cells(row: dict, metrics: list[str], timings: list[str]) -> list[str]:
     qualities = _qualities(row)
     return [_md(row.get("variant")), _md(row.get("runtime")), _md(row.get("precision")),
             _fmt(latency.get("p50")), _fmt(latency.get("p90")), _fmt(latency.get("p99")),
-            _fmt(row.get("throughput_per_s"), 1), _speed(row),
+            _fmt(row.get("throughput_per_s"), 1), speedup_text(row, "×", "–", missing=DASH),
             _fmt(row.get("speedup_vs_runtime_fp32"), 2, "×"), _concurrent(row),
             _fmt(row.get("size_mb"), 1), _fmt(row.get("peak_rss_mb"), 0)] + \
         [_timing_cell(row, timing) for timing in timings] + \

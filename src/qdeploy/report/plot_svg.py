@@ -215,3 +215,48 @@ def _caption(points: list[dict], front: set) -> str:
     if any(p["busy"] for p in points):
         parts.append('<span class="sym busy"></span>measured while the machine was busy')
     return "; ".join(parts) + "."
+
+
+# --- bar charts ------------------------------------------------------------------------------------
+
+def _hbar_chart(items: list[tuple[str, float, float | None, str]], label: str,
+                css: str = "bar") -> str:
+    """Horizontal bars; items are (label, value, whisker end or None, value text)."""
+    label_w = min(260, 16 + 6.8 * max(len(_clip(i[0], 36)) for i in items))
+    plot_w, row_h = _WIDTH - label_w - 170, 24  # 170px keeps the value text inside the box
+    top = max(max(v, w or 0.0) for _, v, w, _ in items) or 1.0
+    body = []
+    for index, (name, value, whisker, text) in enumerate(items):
+        y, mid = 6 + index * row_h, 6 + index * row_h + row_h / 2
+        width = end = plot_w * max(value, 0.0) / top
+        body.append(f'<text x="{label_w - 8:.1f}" y="{mid:.1f}" text-anchor="end" '
+                    f'dominant-baseline="middle"><title>{_esc(name)}</title>{_esc(_clip(name, 36))}</text>'
+                    f'<rect class="{css}" x="{label_w:.1f}" y="{y + 4:.1f}" width="{width:.1f}" '
+                    f'height="{row_h - 8}"/>')
+        if whisker is not None and whisker > value:
+            end = plot_w * whisker / top
+            x0, x1 = label_w + width, label_w + end
+            body.append(f'<line class="whisker" x1="{x0:.1f}" y1="{mid:.1f}" x2="{x1:.1f}" y2="{mid:.1f}"/>'
+                        f'<line class="whisker" x1="{x1:.1f}" y1="{y + 6:.1f}" x2="{x1:.1f}" '
+                        f'y2="{y + row_h - 6:.1f}"/>')
+        body.append(f'<text x="{label_w + end + 6:.1f}" y="{mid:.1f}" '
+                    f'dominant-baseline="middle">{_esc(text)}</text>')
+    return _svg(12 + len(items) * row_h, body, label)
+
+
+def latency_chart(rows: list[dict], shape: str) -> str:
+    items = []
+    for row in rows:
+        lat = row.get("latency_ms") if isinstance(row.get("latency_ms"), dict) else {}
+        p50, p90 = _num(lat.get("p50")), _num(lat.get("p90"))
+        if p50 is not None:
+            text = f"{p50:.2f} ms" + (f" (p90 {p90:.2f})" if p90 is not None else "")
+            items.append((_label(row), p50, p90, text))
+    return _hbar_chart(items, f"p50 latency, {shape}") if items else '<p class="empty">No latency data.</p>'
+
+
+def size_chart(variants: list) -> str:
+    sizes = [(str(v.get("name") or "?"), _num(v.get("size_mb"))) for v in variants if isinstance(v, dict)]
+    items = [(name, size, None, f"{size:.1f} MB") for name, size in sizes if size is not None]
+    return _hbar_chart(items, "Model size per variant", "bar size") if items else \
+        '<p class="empty">No variant sizes recorded.</p>'

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._format import speedup_text
+
 BASELINE = "pytorch-fp32"
 # Simpler first: what a deployment has to install (onnxruntime ~20 MB, openvino ~60 MB, GPU stacks, then PyTorch).
 RUNTIME_ORDER = ("ort-cpu", "openvino-cpu", "ort-openvino", "ort-cuda", "ort-tensorrt", "torch")
@@ -91,9 +93,7 @@ def _pick(rows: list[dict]) -> tuple[dict, list[dict]]:
 
 
 def _x(row: dict, against: str = "") -> str:
-    interval = row.get("speedup_interval")
-    text = f"{row['speedup_vs_fp32']:.2f}x" + (f" {against}" if against else "")
-    return text + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
+    return speedup_text(row, against=against)
 
 
 def _points(q: dict, value: float) -> str:
