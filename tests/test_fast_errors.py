@@ -41,6 +41,8 @@ def _cases(tmp_path, artifact) -> list[tuple[list, str]]:
         (["run", "--methods", "bogus", "--out", tmp_path / "r"], "bogus"),
         (["bench", artifact, "--runtimes", "ort-cpu,bogus"], "unknown runtime 'bogus'"),
         (["list", "bogus"], "unknown method 'bogus'"),
+        (["bench", artifact, "--baseline", tmp_path / "nope"], "not a qdeploy artifact"),
+        (["bench", artifact, "--baseline", "torch", "--rounds", "3"], "rounds must be >= 6"),
         (["quantize", artifact, "--methods", "ort-dynamic,ort-static", "--out", tmp_path / "q"], "one method"),
         (["quantize", artifact, "--method", "ort-static", "--option", "ort-dynamic.per_channel=false", "--out",
           tmp_path / "q"], "is for method ort-dynamic"),

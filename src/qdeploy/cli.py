@@ -10,7 +10,8 @@ import threading
 import traceback
 from pathlib import Path
 
-from .cli_run import _Parser, _add_run, _csv, _plan_from_args
+from .cli_bench import cmd_bench
+from .cli_run import _Parser, _plan_from_args
 from . import __version__
 from .errors import ConfigError, QdeployError, disk_full
 
@@ -97,49 +98,6 @@ def cmd_quantize(args, console):
     print(artifact.directory)
 
 
-def cmd_bench(args, console):
-    import dataclasses
-    import json
-
-    from . import runtimes
-    from .artifact import Artifact
-    from .benchmarking import LatencyScenario
-
-    scenario = LatencyScenario(warmup=args.warmup, min_reps=args.min_reps, min_time_s=args.min_time_s)
-    artifacts = [Artifact.load(directory, verify=True) for directory in args.artifacts]
-    for name in args.runtimes or []:
-        runtimes.get(name)  # an unknown runtime fails now, with the list
-    for artifact in artifacts:  # every mistake before the first (slow) import of transformers
-        positions = artifact.max_positions()
-        if positions and args.seq_len > positions:
-            raise ConfigError(f"--seq-len {args.seq_len} is beyond what {artifact.name} allows ({positions} positions)")
-    from rich.table import Table
-    from transformers import AutoTokenizer
-
-    from .benchmarking import benchmark_case, measure_timings
-
-    table = Table("artifact", "runtime", "timing", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "items/s", "cv")
-    records = []
-    for artifact in artifacts:
-        names = list(args.runtimes) if args.runtimes else [n for n in runtimes.names()
-                                                   if runtimes.get(n).supports(artifact)
-                                                   and runtimes.get(n).unavailable_reason() is None]
-        tokenizer = AutoTokenizer.from_pretrained(str(artifact.directory))
-        for runtime in names:
-            session = runtimes.load(artifact, runtime, args.threads)
-            for batch in args.batch_sizes:
-                case = benchmark_case(tokenizer, list(artifact.manifest.inputs), batch, args.seq_len)
-                for timing, m in measure_timings(session, case, scenario, args.timing).items():
-                    records.append({"artifact": str(artifact.directory), "runtime": runtime, **dataclasses.asdict(m)})
-                    table.add_row(artifact.name, runtime, timing, str(batch), str(args.seq_len),
-                                  f"{m.latency_ms['p50']:.2f}", f"{m.latency_ms['p90']:.2f}",
-                                  f"{m.latency_ms['p99']:.2f}", f"{m.throughput_per_s:.1f}",
-                                  f"{m.cv:.1%}" + (" noisy" if m.noisy else ""))
-    console.print(table)
-    if args.out:
-        Path(args.out).write_text(json.dumps(records, indent=2), encoding="utf-8")
-
-
 def cmd_package(args, console):
     from .package import package, recommended_artifact
 
@@ -181,7 +139,7 @@ def cmd_list(args, console):
     from . import evaluation, quantization, runtimes
     from .tasks import ARCHITECTURES, TASKS
 
-    console = Console()
+    console = Console(soft_wrap=not sys.stdout.isatty())  # piped: one line per entry, for grep
     if args.method:
         from .config import describe_options
 
@@ -215,66 +173,14 @@ def _progress(console):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="qdeploy", description="Export, quantize, run and measure Hugging Face transformers models.")
+    from .cli_parsers import add_commands
+
+    parser = _Parser(prog="qdeploy", description="Export, quantize, run and measure Hugging Face transformers models.",
+                     epilog="`qdeploy COMMAND --help` shows a command's flags and examples; with no command, "
+                            "`qdeploy` runs the default plan (`qdeploy run`).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"qdeploy {__version__}")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    _add_run(sub)
-    p = sub.add_parser("export", help="export a model to ONNX or OpenVINO IR, validated against PyTorch")
-    p.add_argument("--model", help="local model directory or hub id (default: all-MiniLM-L6-v2)")
-    p.add_argument("--task", default="auto",
-                   help="auto (default: from the model's config.json) | feature-extraction | text-classification | "
-                        "text-generation | text2text-generation")
-    p.add_argument("--drop-head", action="store_true",
-                   help="with --task feature-extraction on a model that has a task head: export the encoder alone")
-    p.add_argument("--format", required=True, choices=["onnx", "openvino"])
-    p.add_argument("--out", required=True, help="artifact directory to create")
-    p.add_argument("--opset", type=int, help="ONNX opset (default per architecture, 17)")
-    p.add_argument("--stateless", action="store_true",
-                   help="text-generation to OpenVINO: KV cache as inputs/outputs instead of OpenVINO state")
-    p.add_argument("--allow-pickle", action="store_true")
-    p.add_argument("--trust-remote-code", action="store_true")
-    p = sub.add_parser("quantize", help="quantize an fp32 artifact with one method")
-    p.add_argument("artifact", help="an artifact directory made by `qdeploy export`")
-    p.add_argument("--method", "--methods", dest="method", required=True,
-                   help="the one quantization method (see `qdeploy list`)")
-    p.add_argument("--option", action="append", metavar="[METHOD.]KEY=VALUE",
-                   help="a method option, e.g. per_channel=false or ort-static.per_channel=false (repeatable)")
-    p.add_argument("--calibration", default="builtin", help="builtin, a text/TSV/CSV/JSONL file, or FILE:COLUMN")
-    p.add_argument("--calibration-samples", type=int, default=128)
-    p.add_argument("--out", required=True, help="artifact directory to create")
-    p = sub.add_parser("bench", help="measure latency of artifacts on their runtimes")
-    p.add_argument("artifacts", nargs="+")
-    p.add_argument("--runtimes", "--runtime", dest="runtimes", type=_csv(str),
-                   help="comma-separated runtimes (default: every available runtime that supports the artifact)")
-    p.add_argument("--batch-sizes", type=_csv(int), default=[1, 8])
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--min-reps", type=int, default=20)
-    p.add_argument("--min-time-s", type=float, default=2.0)
-    p.add_argument("--new-tokens", type=int,
-                   help="text-generation: tokens decoded per request in the generation benchmark (default 64)")
-    p.add_argument("--timing", type=_csv(str), default=["model"], help="model and/or end-to-end (see `run --help`)")
-    p.add_argument("--out", "--json", dest="out", metavar="FILE",
-                   help="also write the measurements as JSON (with stdev, cv and what was timed)")
-    p = sub.add_parser("package", help="make a self-contained deployment directory or .tar.gz from an artifact")
-    p.add_argument("artifact", help="an artifact directory (e.g. runs/<run>/artifacts/ort-static), or with "
-                                    "--recommended a run directory")
-    p.add_argument("--recommended", action="store_true", help="package the artifact the run's report recommends")
-    p.add_argument("--batch", type=int, help="with --recommended: the batch size whose recommendation to take")
-    p.add_argument("--out", required=True, help="directory to create, or a name ending in .tar.gz")
-    p.add_argument("--report", help="report.json whose measurements to include (default: the artifact's run)")
-    p = sub.add_parser("compare", help="merge the reports of several runs (machines, runtimes, threads) into one")
-    p.add_argument("runs", nargs="+", help="run directories holding report.json")
-    p.add_argument("--out", required=True, help="directory for compare.json, compare.md and compare.html")
-    p = sub.add_parser("inspect", help="per layer: quantized or float, scales, activation max, simulated int8 SQNR")
-    p.add_argument("artifact", help="an ONNX artifact (its fp32 parent must sit beside it, as in a run)")
-    p.add_argument("--calibration", default="builtin", help="text to measure activations on (as for quantize)")
-    p.add_argument("--calibration-samples", type=int, default=64)
-    p.add_argument("--out", help="where to write the JSON (default: <artifact>.inspect.json beside the artifact)")
-    p = sub.add_parser("list", help="methods, runtimes, metrics, tasks and architectures qdeploy knows")
-    p.add_argument("method", nargs="?", help="a method: its options with their types, defaults and notes")
+    add_commands(parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND"))
     return parser
 
 
@@ -293,12 +199,15 @@ def _on_sigint(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
+    import rich
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_sigint)
-    # Progress and tables go to stderr; stdout carries only the result path, for scripts.
-    console = Console(stderr=True, width=None if sys.stderr.isatty() else 140, log_path=False)
+    # Progress and tables go to stderr; stdout carries only the result path, for scripts. The global console, because
+    # libraries that draw their own progress bars (NNCF) draw on it: rich then nests their bars under qdeploy's
+    # instead of writing a second live display to stdout.
+    rich.reconfigure(stderr=True, width=None if sys.stderr.isatty() else 140, log_path=False)
+    console = rich.get_console()
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:

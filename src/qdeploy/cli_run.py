@@ -7,15 +7,14 @@ from pathlib import Path
 from .errors import ConfigError
 
 EPILOG_RUN = """examples:
-  qdeploy run                                   # the default plan on all-MiniLM-L6-v2
+  qdeploy run
   qdeploy run --eval stsb=../shared/data/stsb/sts-test.tsv
-  qdeploy run --model ../shared/models/minilm-l6-sst2 --task text-classification \\
-              --eval accuracy=../shared/data/sst2/dev.tsv
+  qdeploy run --model ../shared/models/minilm-l6-sst2 --eval accuracy=../shared/data/sst2/dev.tsv
   qdeploy run --methods ort-dynamic,nncf-ptq --runtimes torch,ort-cpu,openvino-cpu --batch-sizes 1 --seq-len 64
-  qdeploy run --plan my-plan.yaml --out runs/today
-  qdeploy run --plan cluster-plan.yaml --executor ray --address head-node:6379   # on a Ray cluster
-  qdeploy run --model ../shared/models/stories260k --task text-generation --methods ort-dynamic,nncf-weight-int8 \
-              --batch-sizes 1,4 --eval perplexity=../shared/data/tinystories/valid-head.txt
+  qdeploy run --plan examples/sst2-plan.yaml --out runs/today
+  qdeploy run --resume runs/today
+  qdeploy run --plan examples/sst2-plan.yaml --executor ray --out runs/ray
+  qdeploy run --model ../shared/models/stories260k --methods ort-dynamic,nncf-weight-int8 --batch-sizes 1,4 --eval perplexity=../shared/data/tinystories/valid-head.txt
 """
 
 
@@ -62,50 +61,50 @@ def _add_run(sub):
                        description="Run a plan (the built-in default when no flag is given). Each flag overrides the "
                                    "plan key of the same name.", epilog=EPILOG_RUN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--plan", type=Path, help="plan file (YAML); flags override its keys")
+    p.add_argument("--plan", type=Path, metavar="PLAN.yaml", help="plan file (YAML, e.g. examples/sst2-plan.yaml); flags override its keys")
     p.add_argument("--resume", metavar="OUT", help="continue an interrupted run in OUT, re-using its finished cells")
-    p.add_argument("--model", help="local model directory or Hugging Face hub id (default: all-MiniLM-L6-v2)")
-    p.add_argument("--task", help="auto (default: from the model's config.json) | feature-extraction | "
+    p.add_argument("--model", metavar="ID_OR_DIR", help="local model directory or Hugging Face hub id (default: all-MiniLM-L6-v2)")
+    p.add_argument("--task", metavar="auto|TASK", help="auto (default: from the model's config.json) | feature-extraction | "
                                   "text-classification | text-generation | text2text-generation")
     p.add_argument("--drop-head", action="store_true", default=None,
                    help="with --task feature-extraction on a model that has a task head: measure the encoder alone")
-    p.add_argument("--methods", "--method", dest="methods",
+    p.add_argument("--methods", "--method", dest="methods", metavar="M1,M2",
                    help="comma-separated quantization methods (see `qdeploy list`)")
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. ort-static.per_channel=false (repeatable)")
-    p.add_argument("--runtimes", "--runtime", dest="runtimes", type=_csv(str),
+    p.add_argument("--runtimes", "--runtime", dest="runtimes", type=_csv(str), metavar="R1,R2",
                    help="comma-separated runtimes (see `qdeploy list`), or auto: every runtime present (default)")
-    p.add_argument("--calibration", help="calibration text: builtin, a .txt/.tsv/.csv/.jsonl file, or FILE:COLUMN")
-    p.add_argument("--calibration-samples", type=int, help="number of calibration samples (default 128)")
+    p.add_argument("--calibration", metavar="SPEC", help="calibration text: builtin, a .txt/.tsv/.csv/.jsonl file, or FILE:COLUMN")
+    p.add_argument("--calibration-samples", type=int, metavar="N", help="number of calibration samples (default 128)")
     p.add_argument("--eval", action="append", metavar="METRIC=PATH", help="quality metric on a file (repeatable)")
-    p.add_argument("--batch-sizes", type=_csv(int), help="comma-separated batch sizes (default 1,8)")
-    p.add_argument("--seq-len", type=int, help="sequence length of benchmark inputs (default 128)")
-    p.add_argument("--threads", type=int, help="threads per session (default: physical cores)")
-    p.add_argument("--warmup", type=int, help="warm-up iterations per measurement")
-    p.add_argument("--min-reps", type=int, help="minimum timed iterations per measurement")
-    p.add_argument("--min-time-s", type=float, help="minimum timed seconds per measurement")
-    p.add_argument("--rounds", type=int, help="interleaved timing rounds for speed-ups (default 15, at least 6)")
+    p.add_argument("--batch-sizes", type=_csv(int), metavar="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--seq-len", type=int, metavar="N", help="sequence length of benchmark inputs (default 128)")
+    p.add_argument("--threads", type=int, metavar="N", help="threads per session (default: physical cores)")
+    p.add_argument("--warmup", type=int, metavar="N", help="warm-up iterations per measurement")
+    p.add_argument("--min-reps", type=int, metavar="N", help="minimum timed iterations per measurement")
+    p.add_argument("--min-time-s", type=float, metavar="S", help="minimum timed seconds per measurement")
+    p.add_argument("--rounds", type=int, metavar="N", help="interleaved timing rounds for speed-ups (default 15, at least 6)")
     p.add_argument("--strict-timing", action="store_true", default=None,
                    help="fail instead of marking rows when the machine was busy while timing")
     p.add_argument("--tolerance", action="append", metavar="METRIC=AMOUNT",
                    help="largest quality loss that still qualifies a variant, in the metric's units "
                         "(e.g. accuracy=0.01 for 1 point; perplexity=0.02 for 2 %%); repeatable")
-    p.add_argument("--throughput-streams", type=int,
+    p.add_argument("--throughput-streams", type=int, metavar="N",
                    help="also measure throughput with N concurrent streams (each with cores/N threads)")
-    p.add_argument("--new-tokens", type=int,
+    p.add_argument("--new-tokens", type=int, metavar="N",
                    help="text-generation: tokens decoded per request in the generation benchmark (default 64)")
-    p.add_argument("--timing", type=_csv(str),
+    p.add_argument("--timing", type=_csv(str), metavar="model[,end-to-end]",
                    help="what latency times: model (tokenized inputs; default) and/or end-to-end (tokenization too)")
-    p.add_argument("--out", help="output directory (default runs/<model>-<timestamp>); never overwritten")
+    p.add_argument("--out", metavar="DIR", help="output directory (default runs/<model>-<timestamp>); never overwritten")
     p.add_argument("--allow-pickle", action="store_true", default=None, help="allow pytorch_model.bin (pickle) weights")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="run the model repository's own code")
     p.add_argument("--executor", choices=("local", "ray"),
                    help="local: every cell in this process (default); ray: cells as Ray tasks (pip install qdeploy[ray])")
-    p.add_argument("--address", help="ray: the cluster to join (HOST:6379 or ray://HOST:10001); "
+    p.add_argument("--address", metavar="HOST:PORT", help="ray: the cluster to join (HOST:6379 or ray://HOST:10001); "
                                      "none starts a local Ray instance")
-    p.add_argument("--storage", help="where artifacts go: a directory or fsspec URI that every node reaches "
+    p.add_argument("--storage", metavar="DIR_OR_URI", help="where artifacts go: a directory or fsspec URI that every node reaches "
                                      "(default OUT/artifacts)")
-    p.add_argument("--retries", type=int, help="ray: retries of a cell whose worker or node is lost (default 2)")
+    p.add_argument("--retries", type=int, metavar="N", help="ray: retries of a cell whose worker or node is lost (default 2)")
 
 
 def _plan_from_args(args):

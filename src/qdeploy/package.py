@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -108,11 +109,25 @@ def _readme(artifact: Artifact, name: str, measured: list[dict], chosen: list[di
 def package(artifact_dir: str | Path, out: str | Path, report: str | Path | None = None) -> Path:
     artifact = Artifact.load(artifact_dir, verify=True)
     out = Path(out)
-    archive = out.name.endswith(ARCHIVE_SUFFIXES)
-    directory = out.with_name(out.name.split(".t")[0]) if archive else out
-    if archive and out.exists():
+    suffix = next((s for s in ARCHIVE_SUFFIXES if out.name.endswith(s)), "")
+    if suffix and out.exists():
         raise InputError(f"{out} already exists; choose another --out")
     measured, chosen = _measured(artifact, Path(report) if report else None)
+    if not suffix:
+        return _write(artifact, out, measured, chosen)
+    name = out.name[:-len(suffix)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The directory is built out of the way: `--out sst2.tar.gz` beside an artifact named sst2 must not touch it.
+    with tempfile.TemporaryDirectory(prefix=f".tmp-{name}-", dir=out.parent) as scratch:
+        directory = _write(artifact, Path(scratch) / name, measured, chosen)
+        part = out.with_name(out.name + ".part")
+        with tarfile.open(part, "w:gz") as tar:
+            tar.add(directory, arcname=name)
+        os.replace(part, out)
+    return out
+
+
+def _write(artifact: Artifact, directory: Path, measured, chosen) -> Path:
     with staging(directory) as tmp:
         for rel in artifact.manifest.files:
             if rel == "README.md":
@@ -126,11 +141,4 @@ def package(artifact_dir: str | Path, out: str | Path, report: str | Path | None
                             "recommended": chosen}
         (tmp / "README.md").write_text(_readme(artifact, directory.name, measured, chosen), encoding="utf-8")
         finalize(tmp, manifest)
-    if not archive:
-        return directory
-    part = out.with_name(out.name + ".part")
-    with tarfile.open(part, "w:gz") as tar:
-        tar.add(directory, arcname=directory.name)
-    os.replace(part, out)
-    shutil.rmtree(directory)
-    return out
+    return directory
