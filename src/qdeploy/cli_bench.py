@@ -79,9 +79,9 @@ def cmd_bench(args, console):
         source = models.resolve(first.source["path"], allow_pickle=bool(first.source.get("pickle")))
         pad = int(_tokenizer(artifacts[0]).pad_token_id or 0)
         baseline = (baseline_artifact(source, first.task, list(first.inputs), pad_token_id=pad), TORCH, baseline[2])
-    from .cli import _progress
+    from .cli_progress import RichProgress
 
-    with _progress(console) as progress:
+    with RichProgress(console) as progress:
         records, pairs = _latencies(args, artifacts, scenario, progress)
         ratios = _ratios(args, baseline, pairs, rounds, progress) if baseline else {}
     _print(console, records, ratios, baseline[2] if baseline else None)
