@@ -44,6 +44,9 @@ def safe_join(root: Path, relative: str) -> Path:
     return resolved
 
 
+ENCODER, DECODER, SEQ2SEQ = "encoder", "decoder", "seq2seq"
+
+
 @dataclass
 class Manifest:
     format: str  # "pytorch" | "onnx" | "openvino"
@@ -66,6 +69,15 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @property
+    def kind(self) -> str:
+        """encoder (one call per batch), decoder (a causal LM run token by token with its cache) or seq2seq (an
+        encoder graph and a decoder graph): what decides how the artifact is run, quantized and measured."""
+        from .tasks import task
+
+        the_task = task(self.task)
+        return DECODER if the_task.generative else SEQ2SEQ if the_task.exporter == SEQ2SEQ else ENCODER
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: Path) -> "Manifest":

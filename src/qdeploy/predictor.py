@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import runtimes
-from .artifact import Artifact
+from .artifact import DECODER, ENCODER, Artifact
 from .errors import InputError, UnsupportedError
 from .machine import isa
 
@@ -35,10 +35,10 @@ class Predictor:
         self.labels = {int(k): v for k, v in config.get("id2label", {}).items()}
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.tokenizer.enable_truncation(min(int(config.get("max_position_embeddings", 512)), 512))
-        decoder = artifact.manifest.runtime_config.get("decoder")
         # Causal LMs and encoder-decoders both generate; only a causal LM needs its prompts padded on the left.
-        self.generative = decoder is not None or "seq2seq" in artifact.manifest.runtime_config
-        if decoder is not None:
+        self.generative = artifact.manifest.kind != ENCODER
+        if artifact.manifest.kind == DECODER:
+            decoder = artifact.manifest.runtime_config["decoder"]
             # Left padding: each row's next token is then in the last column (see runtimes/decoding.py).
             pad_id = int(decoder.get("pad_token_id") or 0)
             self.tokenizer.enable_padding(direction="left", pad_id=pad_id,

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..artifact import Artifact
+from ..artifact import DECODER, SEQ2SEQ, Artifact
 from ..errors import UnsupportedError
 from ..registry import Registry
 
@@ -52,11 +52,11 @@ def load(artifact: Artifact, runtime: str, threads: int | None = None) -> Sessio
         raise UnsupportedError(f"runtime {runtime} is not available here: {reason}; available: {', '.join(available)}")
     if not rt.supports(artifact):
         raise UnsupportedError(f"runtime {runtime} cannot run {artifact.format} artifacts (it runs: {', '.join(rt.formats)})")
-    if artifact.manifest.runtime_config.get("decoder"):
+    if artifact.manifest.kind == DECODER:
         from . import decoding  # generative artifacts run token by token with a KV cache
 
         return decoding.load(artifact, rt, threads)
-    if "seq2seq" in artifact.manifest.runtime_config:
+    if artifact.manifest.kind == SEQ2SEQ:
         from . import seq2seq_decoding  # encoder + decoder graphs, the decoder run token by token
 
         return seq2seq_decoding.load(artifact, rt, threads)
