@@ -1,8 +1,10 @@
 """One verb, `quantize(artifact, config)`, and one registered function per config type (as in torchao).
 
 A method module defines a frozen config dataclass and a function `(parent, config, calibration, target_dir, ctx)
--> (model_file, precision, runtime_config, notes)`; this file does everything every method shares: checks, staging,
-the tokenizer, the manifest and its hashes.
+-> MethodResult`; this file does everything every method shares: checks, staging, the tokenizer, the manifest and its
+hashes. An algorithm written once for every format lives in algorithms/ and speaks to a backend (backends/); it is
+registered for the formats it accepts, and an alias (an old name such as nncf-smoothquant) is a config subclass with
+its own defaults, registered for one format.
 """
 from __future__ import annotations
 
@@ -23,24 +25,39 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
+class MethodResult:
+    model_file: str  # relative to the artifact's directory
+    precision: str
+    runtime_config: dict[str, Any]
+    notes: list[str]
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     config: type
-    input_format: str
-    apply: Callable[..., tuple[str, str, dict[str, Any], list[str]]]
+    formats: tuple[str, ...]  # the parent formats it accepts; a run quantizes the first (input_format)
+    apply: Callable[..., MethodResult]
     needs_calibration: bool = False
     description: str = ""
 
+    @property
+    def input_format(self) -> str:
+        """The format a run picks this method's parent by: one name, one format (nncf-* names pick OpenVINO)."""
+        return self.formats[0]
+
 
 METHODS: Registry[Method] = Registry("method", tuple(f"qdeploy.quantization.{m}" for m in (
-    "auto", "fp16", "fp8", "nncf_auto", "nncf_methods", "ort_methods", "outlier", "precision", "qat",
-    "weight_only")))
+    "algorithms.fp8", "algorithms.outlier", "algorithms.smoothquant", "algorithms.weight_int4", "auto", "fp16",
+    "nncf_auto", "nncf_methods", "ort_methods", "precision", "qat")))
 _BY_CONFIG: dict[type, Method] = {}
 
 
-def register(name: str, config: type, input_format: str, needs_calibration: bool = False, description: str = ""):
+def register(name: str, config: type, formats: str | tuple[str, ...], needs_calibration: bool = False,
+             description: str = ""):
     def add(fn):
-        method = Method(name, config, input_format, fn, needs_calibration, description)
+        method = Method(name, config, (formats,) if isinstance(formats, str) else tuple(formats), fn,
+                        needs_calibration, description)
         METHODS.register(name)(method)
         _BY_CONFIG[config] = method
         return fn
@@ -57,7 +74,14 @@ def names() -> list[str]:
 
 
 def make_config(name: str, options: dict[str, Any] | None = None):
-    return build(method(name).config, options, f"method {name}")
+    """The checked config of method `name`: its own checks run in the config's __post_init__, and an option of another
+    backend than the one a run gives it fails here, before any export."""
+    from .backends import check_options
+
+    the_method = method(name)
+    config = build(the_method.config, options, f"method {name}")
+    check_options(config, the_method.input_format)
+    return config
 
 
 @dataclass
@@ -85,10 +109,14 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
     the_method = _BY_CONFIG.get(type(config))
     if the_method is None:
         raise UnsupportedError(f"no method registered for config {type(config).__name__}")
-    if parent.format != the_method.input_format:
-        article = "an" if the_method.input_format[0] in "aeiou" else "a"
-        raise UnsupportedError(f"method {the_method.name} needs {article} {the_method.input_format} artifact, "
+    if parent.format not in the_method.formats:
+        wanted = " or ".join(the_method.formats)
+        article = "an" if wanted[0] in "aeiou" else "a"
+        raise UnsupportedError(f"method {the_method.name} needs {article} {wanted} artifact, "
                                f"{parent.directory} is {parent.format}")
+    from .backends import check_options
+
+    check_options(config, parent.format)
     if parent.precision != "fp32":
         raise UnsupportedError(f"method {the_method.name} starts from an fp32 artifact; {parent.directory} is {parent.precision}")
     calibration = calibration or CalibrationSource()
@@ -108,7 +136,8 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
         # Peak memory over what the process held before (calibration included): recorded, so a source or a method
         # that grows with the number of samples shows up in the manifest rather than as a killed process.
         with RssSampler() as memory:
-            model_file, precision, runtime_config, notes = the_method.apply(parent, config, calibration, tmp, ctx)
+            result: MethodResult = the_method.apply(parent, config, calibration, tmp, ctx)
+        runtime_config, notes = result.runtime_config, list(result.notes)
         if "decoder" in parent.manifest.runtime_config:
             # How the KV cache is carried does not change with the weights' precision.
             runtime_config = {**runtime_config, "decoder": parent.manifest.runtime_config["decoder"]}
@@ -123,7 +152,7 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
         if the_method.needs_calibration:
             method_record["calibration"] = to_dict(calibration)
         manifest = Manifest(
-            format=parent.format, model_file=model_file, precision=precision, task=parent.manifest.task,
+            format=parent.format, model_file=result.model_file, precision=result.precision, task=parent.manifest.task,
             source=parent.manifest.source, method=method_record, parent=parent.name,
             runtime_config=runtime_config, inputs=list(parent.manifest.inputs), outputs=list(parent.manifest.outputs),
             libraries=describe()["libraries"], built_on=build_record(), notes=notes,

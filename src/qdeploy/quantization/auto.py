@@ -13,29 +13,48 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ..artifact import Artifact, Manifest
 from ..errors import ConfigError
 from ..machine import has_vnni
-from . import register
-from .ort_methods import INT8_TYPES, MODEL_FILE, _check, embedding_gathers, run_static, weight_matmuls
+from . import MethodResult, register
+from .backends import INT8_TYPES
+from .backends.onnx import MODEL_FILE, ONNX, run_static
+from .backends.onnx_graph import embedding_gathers, weight_matmuls
+from .ort_methods import _check
 from .sensitivity import layer_sqnr
 
-RUNTIME_CONFIG = {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL"}}
-
-
 @dataclass(frozen=True)
-class Auto:
+class AccuracyTarget:
+    """What an accuracy-aware method aims at (auto and nncf-auto): checked when the config is made, before exports."""
+    NAME: ClassVar[str] = "auto"
     eval: str = ""  # evaluation data for the metric (required)
     metric: str = ""  # default: accuracy for text-classification, stsb for feature-extraction
     tolerance: float = 0.01  # the largest quality loss accepted, in the metric's units (0.01 = one accuracy point)
     relative: bool = False  # tolerance as a fraction of the fp32 value instead
+
+    def __post_init__(self):
+        if not self.eval:
+            raise ConfigError(f"{self.NAME} needs evaluation data: --option eval=PATH (the metric's file)")
+        if self.metric:
+            from .. import evaluation
+
+            evaluation.metric(self.metric)  # an unknown name is a ConfigError naming the known ones
+
+
+@dataclass(frozen=True)
+class Auto(AccuracyTarget):
     mode: Literal["static", "dynamic"] = "static"  # the int8 scheme of the layers that stay quantized
     time_budget_s: float = 900.0
     per_channel: bool = True
     reduce_range: bool | None = None
     activation_type: INT8_TYPES | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.time_budget_s <= 0:
+            raise ConfigError(f"auto time_budget_s must be positive, got {self.time_budget_s}")
 
 
 DEFAULT_METRIC = {"text-classification": "accuracy", "feature-extraction": "stsb"}
@@ -77,7 +96,7 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx):
 
     def score(model_path: Path) -> float:
         manifest = Manifest(format="onnx", model_file=model_path.name, precision="int8", task=parent.manifest.task,
-                            source=parent.manifest.source, runtime_config=RUNTIME_CONFIG,
+                            source=parent.manifest.source, runtime_config=ONNX.runtime_config(),
                             inputs=list(parent.manifest.inputs), outputs=list(parent.manifest.outputs))
         session = runtimes.load(Artifact(model_path.parent, manifest), "ort-cpu")
         return metric.evaluate(session, eval_ctx, data).value
@@ -146,4 +165,4 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx):
     if width > 1:
         notes.append(f"candidates evaluated {width} at a time as parallel Ray tasks on one node")
     notes += [f"float: {n} (SQNR {sqnr[n]:.1f} dB)" for n in ranked[:k]]
-    return MODEL_FILE, "int8-mixed", dict(RUNTIME_CONFIG), notes
+    return MethodResult(MODEL_FILE, "int8-mixed", ONNX.runtime_config(), notes)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ..artifact import Artifact
 from ..errors import InputError
-from . import register
+from . import MethodResult, register
+from .backends.onnx import MODEL_FILE, ONNX
 
-MODEL_FILE = "model.onnx"
 PROTOBUF_LIMIT = 2**31 - 1  # one ONNX file holds at most 2 GB; larger graphs keep their weights beside it
 
 
@@ -45,6 +45,6 @@ def fp16(parent: Artifact, config: Fp16, calibration, target: Path, ctx):
     halves = sum(1 for init in converted.graph.initializer if init.data_type == onnx.TensorProto.FLOAT16)
     notes = [f"{halves} of {len(converted.graph.initializer)} initializers fp16; inputs and outputs keep their types",
              "op types kept fp32: " + (", ".join(config.keep_fp32_ops) or "only the converter's defaults")]
-    runtime_config = {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL",
-                                      "provider_options": {"TensorrtExecutionProvider": {"trt_fp16_enable": True}}}}
-    return MODEL_FILE, "fp16", runtime_config, notes
+    runtime_config = ONNX.runtime_config()
+    runtime_config["onnxruntime"]["provider_options"] = {"TensorrtExecutionProvider": {"trt_fp16_enable": True}}
+    return MethodResult(MODEL_FILE, "fp16", runtime_config, notes)

@@ -9,25 +9,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from ..artifact import Artifact
-from ..errors import InputError
-from . import register
-from .auto import evaluation_target
-from .nncf_methods import MODEL_FILE, RUNTIME_CONFIG, _quiet
+from ..errors import ConfigError, InputError
+from . import MethodResult, register
+from .auto import AccuracyTarget, evaluation_target
+from .backends.openvino import MODEL_FILE, OPENVINO, RUNTIME_CONFIG, quiet as _quiet
 
 
 @dataclass(frozen=True)
-class NncfAuto:
-    eval: str = ""  # evaluation data for the metric (required)
-    metric: str = ""  # default: accuracy for text-classification, stsb for feature-extraction
-    tolerance: float = 0.01  # the largest quality loss accepted (absolute, in the metric's units, unless relative)
-    relative: bool = False
+class NncfAuto(AccuracyTarget):
+    NAME: ClassVar[str] = "nncf-auto"
     max_iterations: int = 8  # rounds of reverting quantizers to float
     preset: Literal["performance", "mixed"] = "mixed"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_iterations < 1:
+            raise ConfigError(f"nncf-auto max_iterations must be at least 1, got {self.max_iterations}")
 
 
 class _CompiledSession:
@@ -102,4 +104,4 @@ def nncf_auto(parent: Artifact, config: NncfAuto, calibration, target: Path, ctx
              f": {metric_name} {final:.4f} vs fp32 {reference:.4f}; {len(floats)} Linear layers in float",
              "evaluated: " + ", ".join(f"{v:.4f}" for v in scores)]
     notes += [f"float: {name}" for name in floats]
-    return MODEL_FILE, "int8-mixed", dict(RUNTIME_CONFIG), notes
+    return MethodResult(MODEL_FILE, "int8-mixed", OPENVINO.runtime_config(), notes)

@@ -7,34 +7,8 @@ from typing import Literal
 
 from ..artifact import Artifact
 from ..errors import InputError
-from . import register
-
-MODEL_FILE = "openvino_model.xml"
-# The NNCF-made int8 model is still compiled with f32 for the parts that stay in float.
-RUNTIME_CONFIG = {"openvino": {"INFERENCE_PRECISION_HINT": "f32"}}
-
-
-def _quiet():
-    import logging
-
-    import nncf
-
-    # NNCF logs tables at INFO; qdeploy reports what it did through the manifest's notes instead.
-    nncf.set_log_level(logging.WARNING)
-
-
-def _read(parent: Artifact):
-    _quiet()
-    import openvino as ov
-
-    return ov.Core().read_model(str(parent.model_path))
-
-
-def _save(model, target: Path) -> str:
-    import openvino as ov
-
-    ov.save_model(model, str(target / MODEL_FILE), compress_to_fp16=False)
-    return MODEL_FILE
+from . import MethodResult, register
+from .backends.openvino import OPENVINO, read_model, save_model
 
 
 @dataclass(frozen=True)
@@ -50,7 +24,7 @@ class NncfPtq:
 def nncf_ptq(parent: Artifact, config: NncfPtq, calibration, target: Path, ctx):
     import nncf
 
-    model = _read(parent)
+    model = read_model(parent.model_path)
     dataset = calibration.nncf_dataset(ctx.tokenizer, list(parent.manifest.inputs))
     advanced = None
     if config.smooth_quant_alpha is not None:
@@ -68,7 +42,8 @@ def nncf_ptq(parent: Artifact, config: NncfPtq, calibration, target: Path, ctx):
             advanced_parameters=advanced)
     except nncf.ValidationError as exc:
         raise InputError(f"nncf-ptq: {exc}") from None
-    return _save(quantized, target), "int8", dict(RUNTIME_CONFIG), [f"preset {config.preset}, model_type transformer"]
+    return MethodResult(save_model(quantized, target), "int8", OPENVINO.runtime_config(),
+                        [f"preset {config.preset}, model_type transformer"])
 
 
 @dataclass(frozen=True)
@@ -83,5 +58,5 @@ def nncf_weight_int8(parent: Artifact, config: NncfWeightInt8, calibration, targ
 
     ctx.progress("nncf-weight-int8: compressing weights")
     mode = {"int8_asym": nncf.CompressWeightsMode.INT8_ASYM, "int8_sym": nncf.CompressWeightsMode.INT8_SYM}[config.mode]
-    compressed = nncf.compress_weights(_read(parent), mode=mode)
-    return _save(compressed, target), "int8-weights", dict(RUNTIME_CONFIG), [f"mode {config.mode}"]
+    compressed = nncf.compress_weights(read_model(parent.model_path), mode=mode)
+    return MethodResult(save_model(compressed, target), "int8-weights", OPENVINO.runtime_config(), [f"mode {config.mode}"])

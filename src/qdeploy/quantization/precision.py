@@ -7,7 +7,7 @@ from pathlib import Path
 from ..artifact import Artifact
 from ..errors import UnsupportedError
 from ..machine import has_bf16
-from . import copy_model_files, register
+from . import MethodResult, copy_model_files, register
 
 
 @dataclass(frozen=True)
@@ -20,4 +20,5 @@ def openvino_bf16(parent: Artifact, config: OpenVinoBf16, calibration, target: P
     if not has_bf16():
         raise UnsupportedError("openvino-bf16 needs a CPU with avx512_bf16 or AMX; this one has neither")
     model_file = copy_model_files(parent, target)
-    return model_file, "bf16", {"openvino": {"INFERENCE_PRECISION_HINT": "bf16"}}, ["weights fp32, compute bf16"]
+    return MethodResult(model_file, "bf16", {"openvino": {"INFERENCE_PRECISION_HINT": "bf16"}},
+                        ["weights fp32, compute bf16"])

@@ -33,7 +33,9 @@ from ..artifact import Artifact
 from ..config import to_dict
 from ..errors import ConfigError, InputError, UnsupportedError
 from ..machine import has_vnni
-from . import register
+from . import MethodResult, register
+from .backends.onnx import ONNX
+from .backends.openvino import OPENVINO
 from .qat_export import export, quantizers, validate
 from .qat_train import PROBE_ROWS, Plan, TrainingData, fine_tune, task_loss
 
@@ -370,20 +372,18 @@ def _fine_tune_and_export(parent: Artifact, config: Qat, calibration, target: Pa
     ctx.progress(f"qat: validating the {fmt} graph")
     check = validate(parent, target, model_file, fmt, runtime, runtime_config, trained.student, batches,
                      output_names)
-    return model_file, "int8", runtime_config, [*trained.notes, check]
+    return MethodResult(model_file, "int8", runtime_config, [*trained.notes, check])
 
 
 @register("qat", Qat, "onnx", needs_calibration=True,
           description="quantization-aware training (NNCF, PyTorch): fake quantizers from the calibration data, "
                       "fine-tuned on train=PATH, exported as ONNX QDQ int8 (steps=0: the post-training start)")
 def qat(parent: Artifact, config: Qat, calibration, target: Path, ctx):
-    return _build(parent, config, calibration, target, ctx, "onnx", "ort-cpu",
-                  {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL"}})
+    return _build(parent, config, calibration, target, ctx, "onnx", "ort-cpu", ONNX.runtime_config())
 
 
 @register("nncf-qat", NncfQat, "openvino", needs_calibration=True,
           description="the same quantization-aware training, exported as OpenVINO int8 IR (one fine-tune shared "
                       "with qat through a cache beside the artifacts)")
 def nncf_qat(parent: Artifact, config: NncfQat, calibration, target: Path, ctx):
-    return _build(parent, config, calibration, target, ctx, "openvino", "openvino-cpu",
-                  {"openvino": {"INFERENCE_PRECISION_HINT": "f32"}})
+    return _build(parent, config, calibration, target, ctx, "openvino", "openvino-cpu", OPENVINO.runtime_config())

@@ -1,0 +1,108 @@
+"""Cross-backend templates (as NNCF's tests/cross_fw): one test body per algorithm, run on an ONNX and an OpenVINO
+parent of the same tiny model (stories260K), asserting the same observable contract on both."""
+import numpy as np
+import pytest
+
+from qdeploy import exporters, models, quantization, runtimes
+from qdeploy.calibration import CalibrationSource
+from qdeploy.errors import ConfigError
+from qdeploy.quantization.backends import backend
+
+from .conftest import SHARED, STORIES
+
+CALIBRATION = CalibrationSource(str(SHARED / "data" / "tinystories" / "valid-head.txt"), samples=16, max_length=64)
+RUNTIME = {"onnx": "ort-cpu", "openvino": "openvino-cpu"}
+LAYERS = 5  # stories260K's blocks: one feed-forward down-projection each
+FFN = 2 * LAYERS  # the gate projection (before SiLU) and the down one (after it); up only meets them in a product
+
+
+@pytest.fixture(scope="module")
+def parents(tmp_path_factory):
+    source = models.resolve(str(STORIES))
+    out = tmp_path_factory.mktemp("stories")
+    return {fmt: exporters.export(source, "text-generation", fmt, out / fmt) for fmt in RUNTIME}
+
+
+def _quantize(parents, fmt, method, options, tmp_path):
+    artifact = quantization.quantize(parents[fmt], quantization.make_config(method, options), tmp_path / method,
+                                     CALIBRATION)
+    assert artifact.format == fmt and artifact.manifest.method["name"] == method
+    settings = backend(fmt).runtime_config()
+    assert {k: artifact.manifest.runtime_config[k] for k in settings} == settings  # the format's defaults, once
+    assert "decoder" in artifact.manifest.runtime_config  # the cache layout travels with the weights
+    decoder = runtimes.load(artifact, RUNTIME[fmt])
+    assert decoder.generate(np.array([[1, 403, 407, 261, 378]]), max_new_tokens=4).shape == (1, 4)
+    return artifact
+
+
+def _linear_names(parent) -> set[str]:
+    return {layer.name for layer in backend(parent.format).read(parent.model_path).linears()}
+
+
+@pytest.mark.parametrize("fmt", RUNTIME)
+def test_smoothquant_keeps_the_down_projections_float_unless_asked(parents, fmt, tmp_path):
+    artifact = _quantize(parents, fmt, "smoothquant", {}, tmp_path)
+    assert artifact.precision == "int8"
+    graph = backend(fmt).read(parents[fmt].model_path)  # OpenVINO keeps the tied LM head as one more Linear layer
+    total, groups = len(graph.linears()), len(graph.groups())
+    assert artifact.manifest.notes == [f"alpha 0.5: {groups} activation groups smoothed; {total - LAYERS} of "
+                                       f"{total} Linear layers int8, {LAYERS} feed-forward down-projections float "
+                                       "(ffn_down_int8=false)"]
+
+
+@pytest.mark.parametrize("fmt", RUNTIME)
+def test_outlier_names_the_layers_it_keeps_float(parents, fmt, tmp_path):
+    artifact = _quantize(parents, fmt, "outlier", {"threshold": 3.0}, tmp_path)
+    assert artifact.precision == "int8-mixed"
+    kept = [note.split()[1] for note in artifact.manifest.notes if note.startswith("float: ")]
+    total = len(_linear_names(parents[fmt]))
+    assert 0 < len(kept) < total and set(kept) <= _linear_names(parents[fmt])
+    assert artifact.manifest.notes[0] == (f"threshold 3.0: {len(kept)} of {total} Linear layers kept in float, "
+                                          f"{total - len(kept)} int8")
+
+
+@pytest.mark.parametrize("fmt", RUNTIME)
+def test_fp8_keeps_the_feed_forward_layers_float_when_asked(parents, fmt, tmp_path):
+    artifact = _quantize(parents, fmt, "fp8", {"ffn_fp8": False}, tmp_path)
+    assert artifact.precision == "fp8-e4m3"
+    assert artifact.manifest.notes[0].endswith(f", {FFN} feed-forward layers float")
+
+
+@pytest.mark.parametrize("fmt", RUNTIME)
+def test_weight_int4(parents, fmt, tmp_path):
+    artifact = _quantize(parents, fmt, "weight-int4", {}, tmp_path)
+    assert artifact.precision == "int4-weights" and len(artifact.manifest.notes) == 1
+
+
+def test_aliases_are_the_same_algorithm_with_their_own_defaults():
+    for alias, name, fmt in [("nncf-smoothquant", "smoothquant", "openvino"), ("nncf-outlier", "outlier", "openvino"),
+                             ("nncf-fp8", "fp8", "openvino"), ("nncf-weight-int4", "weight-int4", "openvino"),
+                             ("ort-weight-int4", "weight-int4", "onnx")]:
+        assert quantization.method(alias).apply is quantization.method(name).apply
+        assert quantization.method(alias).formats == (fmt,) and name in quantization.method(name).description
+        assert alias in quantization.method(name).description
+    assert quantization.method("smoothquant").formats == ("onnx", "openvino")
+    assert quantization.make_config("smoothquant").ffn_down_int8 is False
+    assert quantization.make_config("nncf-smoothquant").ffn_down_int8 is True  # every Linear layer, as it always did
+
+
+@pytest.mark.parametrize("method,options,message", [
+    ("smoothquant", {"alpha": 1.5}, "alpha must be within"),
+    ("nncf-smoothquant", {"alpha": -0.1}, "alpha must be within"),
+    ("outlier", {"threshold": 0}, "threshold must be positive"),
+    ("nncf-outlier", {"threshold": -1}, "threshold must be positive"),
+    ("weight-int4", {"ratio": 0}, "ratio must be in"),
+    ("ort-weight-int4", {"group_size": 24}, "power of two"),
+    ("smoothquant", {"preset": "performance"}, "preset: not a setting of the onnx backend"),
+    ("nncf-outlier", {"per_channel": False}, "per_channel: not a setting of the openvino backend"),
+    ("nncf-weight-int4", {"accuracy_level": 0}, "accuracy_level: not a setting of the openvino backend"),
+])
+def test_a_bad_option_fails_when_the_config_is_made(method, options, message):
+    with pytest.raises(ConfigError, match=message):
+        quantization.make_config(method, options)
+
+
+def test_another_backends_option_is_refused_for_the_parent_actually_given(parents, tmp_path):
+    config = quantization.make_config("outlier", {"per_channel": False})  # fine on ONNX, where a run puts it
+    with pytest.raises(ConfigError, match="per_channel"):
+        quantization.quantize(parents["openvino"], config, tmp_path / "o", CALIBRATION)
