@@ -8,7 +8,7 @@ from qdeploy.calibration import CalibrationSource
 from qdeploy.errors import ConfigError
 from qdeploy.quantization.backends import backend
 
-from .conftest import SHARED, STORIES
+from .conftest import SHARED, SST2_MODEL, STORIES
 
 CALIBRATION = CalibrationSource(str(SHARED / "data" / "tinystories" / "valid-head.txt"), samples=16, max_length=64)
 RUNTIME = {"onnx": "ort-cpu", "openvino": "openvino-cpu"}
@@ -106,3 +106,23 @@ def test_another_backends_option_is_refused_for_the_parent_actually_given(parent
     config = quantization.make_config("outlier", {"per_channel": False})  # fine on ONNX, where a run puts it
     with pytest.raises(ConfigError, match="per_channel"):
         quantization.quantize(parents["openvino"], config, tmp_path / "o", CALIBRATION)
+
+
+def test_a_plan_runs_one_algorithm_on_each_format_it_names():
+    from qdeploy import pipeline
+    from qdeploy import plan as plans
+
+    plan = plans.from_dict({"model": str(SST2_MODEL), "methods": [
+        {"name": "smoothquant", "format": ["onnx", "openvino"]},
+        {"name": "outlier", "format": "openvino", "options": {"preset": "mixed"}}, "nncf-ptq"]})
+    assert [(m.variant, m.format) for m in plan.methods] == [
+        ("smoothquant-onnx", "onnx"), ("smoothquant-openvino", "openvino"), ("outlier", "openvino"), ("nncf-ptq", None)]
+    assert plans.from_dict(plan.to_dict()) == plan  # --resume reads the plan back
+    checked = pipeline.check(plan)
+    assert [(v, n, f) for v, n, _, f in checked.method_configs] == [
+        ("smoothquant-onnx", "smoothquant", "onnx"), ("smoothquant-openvino", "smoothquant", "openvino"),
+        ("outlier", "outlier", "openvino"), ("nncf-ptq", "nncf-ptq", "openvino")]
+    for bad, message in (({"name": "ort-static", "format": "openvino"}, "works on onnx artifacts, not openvino"),
+                         ({"name": "smoothquant", "options": {"preset": "mixed"}}, "not a setting of the onnx")):
+        with pytest.raises(ConfigError, match=message):
+            pipeline.check(plans.from_dict({"model": str(SST2_MODEL), "methods": [bad]}))

@@ -84,7 +84,9 @@ def cmd_quantize(args, console):
     if "," in args.method:
         raise ConfigError(f"quantize makes one artifact with one method; got --method {args.method} "
                           "(`qdeploy run --methods` compares several)")
-    config = quantization.make_config(args.method, parse_options(_own_options(args.option, args.method)))
+    formats = quantization.method(args.method).formats
+    config = quantization.make_config(args.method, parse_options(_own_options(args.option, args.method)),
+                                      parent.format if parent.format in formats else None)
     calibration = CalibrationSource(args.calibration, samples=args.calibration_samples)
     if Path(args.out).exists():
         raise ConfigError(f"{args.out} already exists; choose another --out or remove it")
@@ -144,7 +146,7 @@ def cmd_list(args, console):
         from .config import describe_options
 
         the_method = quantization.method(args.method)
-        console.print(escape(f"{the_method.name} ({the_method.input_format}): {the_method.description}"))
+        console.print(escape(f"{the_method.name} ({'/'.join(the_method.formats)}): {the_method.description}"))
         console.print("options (--option " + escape(f"{the_method.name}.KEY=VALUE") + "):")
         for name, kind, default, note in describe_options(the_method.config):
             console.print(escape(f"  {name:22} {kind}, default {default}" + (f": {note}" if note else "")))
@@ -153,7 +155,7 @@ def cmd_list(args, console):
     console.print("[bold]methods[/bold]")
     for name in quantization.names():
         m = quantization.method(name)
-        console.print(escape(f"  {name:18} ({m.input_format}) {m.description}"))
+        console.print(escape(f"  {name:18} ({'/'.join(m.formats)}) {m.description}"))
     console.print("[bold]runtimes[/bold]")
     for name in runtimes.names():
         reason = runtimes.get(name).unavailable_reason()

@@ -42,7 +42,7 @@ class Checked:
     """A plan whose names, options and files have all been checked."""
     plan: Plan
     source: models.ModelSource
-    method_configs: list[tuple[str, str, Any]]  # (variant, method, config)
+    method_configs: list[tuple[str, str, Any, str]]  # (variant, method, config, the parent's format)
     metrics: list[str]
     runtimes: list[str]
     unavailable: dict[str, str]
@@ -55,8 +55,10 @@ def check(plan: Plan) -> Checked:
     task_name, task_reason = resolve_task(plan.task, source.config(), plan.drop_head)
     plan = replace(plan, task=task_name)
     the_task = get_task(plan.task)
-    method_configs = [(spec.variant, spec.name, quantization.make_config(spec.name, spec.options))
-                      for spec in plan.methods]
+    method_configs = []
+    for spec in plan.methods:
+        fmt = spec.format or quantization.method(spec.name).input_format
+        method_configs.append((spec.variant, spec.name, quantization.make_config(spec.name, spec.options, fmt), fmt))
     auto = tuple(plan.runtimes) == (AUTO,)
     wanted_runtimes = runtimes.names() if auto else list(plan.runtimes)
     for runtime in wanted_runtimes:
@@ -98,7 +100,7 @@ def check(plan: Plan) -> Checked:
     check_task(architecture(source.model_type), plan.task)
     cal = plan.calibration
     calibration = CalibrationSource(cal.source, cal.samples, cal.seed, cal.max_length, cal.batch_size)
-    if any(quantization.method(name).needs_calibration for _, name, _ in method_configs):
+    if any(quantization.method(name).needs_calibration for _, name, _, _ in method_configs):
         calibration.texts()  # fail now, not after the exports, on a missing or empty calibration file
     return Checked(plan, source, method_configs, metrics, wanted_runtimes, unavailable, calibration, task_reason)
 
@@ -294,7 +296,7 @@ class _Stages:
 
     def build(self) -> list[dict[str, Any]]:
         checked, work = self.checked, self.work
-        wanted = {quantization.method(name).input_format for _, name, _ in checked.method_configs}
+        wanted = {fmt for _, _, _, fmt in checked.method_configs}
         wanted |= {fmt for r in self.usable for fmt in runtimes.get(r).formats if fmt in FP32_VARIANTS}
         # Export and quantization hold the model a few times over (PyTorch, the graph, its optimized copies).
         weights = sum(f.stat().st_size for f in work.source.path.glob("*.safetensors")) or 2**28
@@ -302,8 +304,8 @@ class _Stages:
         exports = self._run("export", [Cell(f"build:{FP32_VARIANTS[fmt]}", "build", export_cell, (work, fmt),
                                             memory_mb=memory_mb) for fmt in sorted(wanted)])
         quantized = self._run("quantize", [Cell(f"build:{variant}", "build", quantize_cell,
-                                                (work, variant, name, config), memory_mb=memory_mb)
-                                           for variant, name, config in checked.method_configs])
+                                                (work, variant, name, config, fmt), memory_mb=memory_mb)
+                                           for variant, name, config, fmt in checked.method_configs])
         variants = []
         for key, result in [*exports.items(), *quantized.items()]:
             if "skipped" in result:

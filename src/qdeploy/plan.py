@@ -24,6 +24,9 @@ class MethodSpec:
     # The variant's name in the run (its artifact directory); lets one method appear with several options,
     # e.g. outlier at thresholds 5, 6 and 8. Defaults to the method's name.
     label: str | None = None
+    # The parent's format, for a method written for several (smoothquant on onnx or openvino); None: its first.
+    # A plan entry naming several formats becomes one spec per format, labelled VARIANT-FORMAT.
+    format: str | None = None
 
     @property
     def variant(self) -> str:
@@ -84,8 +87,8 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         data = to_dict(self)
-        data["methods"] = [{"name": m.name, "options": dict(m.options), **({"label": m.label} if m.label else {})}
-                           for m in self.methods]
+        data["methods"] = [{"name": m.name, "options": dict(m.options), **({"label": m.label} if m.label else {}),
+                            **({"format": m.format} if m.format else {})} for m in self.methods]
         data["calibration"] = to_dict(self.calibration)
         data["eval"] = dict(self.eval)
         data["tolerance"] = dict(self.tolerance)
@@ -103,9 +106,9 @@ def _method_specs(raw: Any) -> tuple[MethodSpec, ...]:
         if isinstance(item, str):
             specs.append(MethodSpec(item.strip()))
         elif isinstance(item, dict):
-            unknown = set(item) - {"name", "options", "label"}
+            unknown = set(item) - {"name", "options", "label", "format"}
             if unknown or "name" not in item or not isinstance(item["name"], str):
-                raise ConfigError("plan.methods entries are a name or {name, options, label}; "
+                raise ConfigError("plan.methods entries are a name or {name, options, label, format}; "
                                   f"got keys {sorted(map(str, item))}")
             label = item.get("label")
             if label is not None and not (isinstance(label, str) and _LABEL.fullmatch(label)):
@@ -114,7 +117,13 @@ def _method_specs(raw: Any) -> tuple[MethodSpec, ...]:
             options = item.get("options") or {}
             if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
                 raise ConfigError(f"plan.methods[{item['name']}].options must be a mapping")
-            specs.append(MethodSpec(str(item["name"]), dict(options), label))
+            formats = item.get("format")
+            formats = [formats] if formats is None or isinstance(formats, str) else formats
+            if not isinstance(formats, list) or not formats or not all(f is None or isinstance(f, str) for f in formats):
+                raise ConfigError(f"plan.methods[{item['name']}].format must be a format name or a list of them")
+            for fmt in formats:
+                own = f"{label or item['name']}-{fmt}" if len(formats) > 1 else label
+                specs.append(MethodSpec(str(item["name"]), dict(options), own, fmt))
         else:
             raise ConfigError(f"plan.methods entry {item!r} must be a name or a mapping")
     variants = [spec.variant for spec in specs]

@@ -80,11 +80,11 @@ def export_cell(run: RunContext, fmt: str) -> dict[str, Any]:
 
 
 @timed
-def quantize_cell(run: RunContext, variant: str, method: str, config: Any) -> dict[str, Any]:
+def quantize_cell(run: RunContext, variant: str, method: str, config: Any, fmt: str) -> dict[str, Any]:
     try:
         artifact = run.storage.existing(variant)
         if artifact is None:
-            parent = run.storage.fetch(FP32_VARIANTS[quantization.method(method).input_format])
+            parent = run.storage.fetch(FP32_VARIANTS[fmt])
             cal = run.plan.calibration
             calibration = CalibrationSource(cal.source, cal.samples, cal.seed, cal.max_length, cal.batch_size)
             parallel_map = None

@@ -17,7 +17,7 @@ from ..artifact import Artifact, Manifest, copy_tokenizer, finalize, staging
 from ..benchmarking.memory import RssSampler
 from ..calibration import CalibrationSource
 from ..config import build, to_dict
-from ..errors import UnsupportedError
+from ..errors import ConfigError, UnsupportedError
 from ..machine import build_record, describe
 from ..registry import Registry
 
@@ -73,14 +73,17 @@ def names() -> list[str]:
     return METHODS.names()
 
 
-def make_config(name: str, options: dict[str, Any] | None = None):
-    """The checked config of method `name`: its own checks run in the config's __post_init__, and an option of another
-    backend than the one a run gives it fails here, before any export."""
+def make_config(name: str, options: dict[str, Any] | None = None, fmt: str | None = None):
+    """The checked config of method `name` for parents of format `fmt` (None: the method's first): its own checks
+    run in the config's __post_init__, and an option of another backend fails here, before any export."""
     from .backends import check_options
 
     the_method = method(name)
+    fmt = fmt or the_method.input_format
+    if fmt not in the_method.formats:
+        raise ConfigError(f"method {name} works on {' or '.join(the_method.formats)} artifacts, not {fmt}")
     config = build(the_method.config, options, f"method {name}")
-    check_options(config, the_method.input_format)
+    check_options(config, fmt)
     return config
 
 
