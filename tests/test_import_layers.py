@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "qdeploy"
 LAYERS = {
     "cli": {"qdeploy", "__main__", "cli", "cli_bench", "cli_docs", "cli_parsers", "cli_progress", "cli_run",
             "cli_table"},
-    "run": {"pipeline", "work", "cells", "baseline", "executors", "storage", "package", "report", "inspect_layers",
+    "run": {"pipeline", "work", "baseline", "executors", "storage", "package", "report", "inspect_layers",
             "predictor"},
     "tools": {"quantization", "exporters", "evaluation", "benchmarking", "calibration"},
     "runtimes": {"runtimes"},

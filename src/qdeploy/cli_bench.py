@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, UnsupportedError
 
 TORCH = "torch"
 
@@ -71,6 +71,7 @@ def cmd_bench(args, console):
         positions = artifact.max_positions()  # every mistake before the first (slow) import of transformers
         if positions and args.seq_len > positions:
             raise ConfigError(f"--seq-len {args.seq_len} is beyond what {artifact.name} allows ({positions} positions)")
+    plans = _plans(args, artifacts)  # a runtime that cannot run an artifact fails now, not under the progress bars
     if baseline and baseline[0] is None:
         from . import models
         from .baseline import baseline_artifact
@@ -82,7 +83,7 @@ def cmd_bench(args, console):
     from .cli_progress import RichProgress
 
     with RichProgress(console) as progress:
-        records, pairs = _latencies(args, artifacts, scenario, progress)
+        records, pairs = _latencies(args, plans, scenario, progress)
         ratios = _ratios(args, baseline, pairs, rounds, progress) if baseline else {}
     _print(console, records, ratios, baseline[2] if baseline else None)
     if args.out:
@@ -91,19 +92,35 @@ def cmd_bench(args, console):
         Path(args.out).write_text(json.dumps(records, indent=2), encoding="utf-8")
 
 
-def _latencies(args, artifacts, scenario, progress):
+def _plans(args, artifacts) -> list[tuple]:
+    """(artifact, runtime) to measure: the named runtimes (each must run each artifact), or every available one that
+    can."""
+    from . import runtimes
+
+    plans = []
+    for artifact in artifacts:
+        if not args.runtimes:
+            plans += [(artifact, n) for n in runtimes.names()
+                      if runtimes.get(n).supports(artifact) and runtimes.get(n).unavailable_reason() is None]
+            continue
+        for name in args.runtimes:
+            runtime = runtimes.get(name)
+            if not runtime.supports(artifact):
+                raise UnsupportedError(f"runtime {name} cannot run {artifact.format} artifacts such as {artifact.name} "
+                                       f"(it runs: {', '.join(runtime.formats)})")
+            if runtime.unavailable_reason():
+                raise UnsupportedError(f"runtime {name} is not available here: {runtime.unavailable_reason()}")
+            plans.append((artifact, name))
+    return plans
+
+
+def _latencies(args, plans, scenario, progress):
     from . import runtimes
     from .benchmarking import benchmark_case, measure_timings
     from .benchmarking.generation import GenerationScenario, generates, measure_generation
 
     generation = GenerationScenario(prompt_len=args.seq_len, new_tokens=args.new_tokens or 64,
                                     batch_sizes=tuple(args.batch_sizes), min_time_s=args.min_time_s)
-    plans = []
-    for artifact in artifacts:
-        names = list(args.runtimes) if args.runtimes else [n for n in runtimes.names()
-                                                           if runtimes.get(n).supports(artifact)
-                                                           and runtimes.get(n).unavailable_reason() is None]
-        plans += [(artifact, runtime) for runtime in names]
     progress.stage("latency", len(plans) * len(args.batch_sizes))
     records, pairs = [], []
     for artifact, runtime in plans:

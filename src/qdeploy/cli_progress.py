@@ -15,7 +15,12 @@ class RichProgress:
         self._progress.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        from .errors import QdeployError
+
+        if exc_type is not None and issubclass(exc_type, QdeployError):
+            # A user error is one line: the bars drawn so far go with the display instead of staying above it.
+            self._progress.live.transient = True
         self._progress.stop()
 
     def stage(self, name: str, total: int) -> None:

@@ -15,16 +15,35 @@ from ..progress import Progress
 from ..registry import Registry
 
 Done = Callable[["Cell", dict[str, Any]], None]
+Kind = Literal["build", "quality", "bench", "speed"]
+
+
+@dataclass(frozen=True)
+class CellKey:
+    """What a cell computes: a build (export or quantization) of a variant, a variant's quality or latency on a
+    runtime and machine type, or a machine type's interleaved speed rounds. Written `kind:variant@runtime@machine`
+    (parts that do not apply left out), which is also the cell's file name in the run's store."""
+    kind: Kind
+    variant: str = ""
+    runtime: str = ""
+    machine: str = ""
+
+    @property
+    def name(self) -> str:
+        return "@".join(part for part in (self.variant, self.runtime, self.machine) if part)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
 
 
 @dataclass
 class Cell:
-    key: str  # unique in the run; also its name in the run's cell store
+    key: CellKey  # unique in the run
     kind: Literal["build", "quality", "bench"]
     fn: Callable[..., dict[str, Any]]
     args: tuple
     machine: MachineSpec | None = None
-    needs: str | None = None  # a cell whose result is passed as the last argument (quality needs the baseline's)
+    needs: CellKey | None = None  # a cell whose result is passed as the last argument (quality: the baseline's)
     memory_mb: int = 0  # what the cell may hold at its peak: a cluster places it only where that much is free
 
 
@@ -67,4 +86,4 @@ class Tally:
         self.running = max(0, self.running - 1)
         if "skipped" in result:
             self.failed += 1
-        progress.advance(self.note(cell.key))
+        progress.advance(self.note(str(cell.key)))
