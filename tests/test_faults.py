@@ -110,8 +110,8 @@ def test_bad_evaluation_files(capsys, tmp_path, content, needle):
 
 def test_task_the_architecture_lacks_from_the_cli(capsys, tmp_path):
     code, err = run_cli(capsys, "run", "--model", STORIES, "--task", "text-classification", "--out", tmp_path / "o")
-    one_line_error(code, err, "architecture 'llama' does not support task text-classification; it supports: "
-                              "text-generation")
+    one_line_error(code, err, "LlamaForCausalLM was trained for text-generation; --task text-classification would "
+                              "give it an untrained text-classification head")
     assert not (tmp_path / "o").exists()
 
 

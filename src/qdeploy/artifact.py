@@ -123,9 +123,9 @@ class Artifact:
         config = self.directory / "config.json"
         if "config.json" not in self.manifest.files or not config.is_file():
             return None
-        data = json.loads(config.read_text(encoding="utf-8"))
-        value = data.get("max_position_embeddings", data.get("n_positions"))
-        return value if isinstance(value, int) else None
+        from .tasks import max_positions
+
+        return max_positions(json.loads(config.read_text(encoding="utf-8")))
 
     @classmethod
     def load(cls, directory: str | Path, verify: bool = False) -> "Artifact":

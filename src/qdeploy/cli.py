@@ -139,7 +139,7 @@ def cmd_list(args, console):
     from rich.markup import escape
 
     from . import evaluation, quantization, runtimes
-    from .tasks import ARCHITECTURES, TASKS
+    from .tasks import TASKS, VERIFIED_ARCHITECTURES
 
     console = Console(soft_wrap=not sys.stdout.isatty())  # piped: one line per entry, for grep
     if args.method:
@@ -165,7 +165,10 @@ def cmd_list(args, console):
         m = evaluation.metric(name)
         console.print(escape(f"  {name:18} [{', '.join(m.tasks)}] {m.description}; tolerance {m.tolerance.describe()}"))
     console.print(f"[bold]tasks[/bold] {', '.join(TASKS.names())}")
-    console.print(f"[bold]architectures[/bold] {', '.join(ARCHITECTURES.names())}")
+    console.print("[bold]architectures[/bold] any that transformers loads for the task, if its export validates "
+                  "against PyTorch; verified by the tests:")
+    for name, families in VERIFIED_ARCHITECTURES.items():
+        console.print(escape(f"  {name:22} {', '.join(families)}"))
 
 
 def _progress(console):
@@ -257,7 +260,8 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
     # ONNX Runtime's quantizer warns through the root logger; the CLI reports through its own lines instead.
     logging.getLogger().setLevel(logging.ERROR)
-    for name in ("nncf", "transformers", "torch", "openvino"):
+    # torch logs "Unable to find user code" and friends through its submodules' loggers while exporting
+    for name in ("nncf", "transformers", "torch", "torch._dynamo", "torch.export", "torch.onnx", "openvino"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # Read by transformers when it is imported: importing it here would cost every command, errors included, 1.5 s.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

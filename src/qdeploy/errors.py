@@ -25,6 +25,10 @@ class ExportValidationError(QdeployError):
     """An exported graph whose outputs differ from PyTorch beyond the tolerance."""
 
 
+class ExportError(QdeployError):
+    """An export that a library could not do for this architecture: tracing, conversion, or loading the graph."""
+
+
 DISK_FULL_ERRNOS = (28, 122, 27)  # ENOSPC, EDQUOT, EFBIG
 
 

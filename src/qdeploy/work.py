@@ -110,7 +110,7 @@ class _Shared:
         plan = run.plan
         self.artifacts: dict[str, Artifact] = {}
         self.tokenizer = AutoTokenizer.from_pretrained(str(run.source.path))
-        input_names = model_inputs(architecture(run.source.model_type), self.tokenizer)
+        input_names = model_inputs(architecture(run.source.model_type, plan.task), self.tokenizer)
         generative = get_task(plan.task).generative
         if generative:
             for_generation(self.tokenizer)

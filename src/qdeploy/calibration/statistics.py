@@ -10,6 +10,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from ..formats import openvino_f32
+
 Batches = Iterable[dict[str, np.ndarray]]
 
 
@@ -41,7 +43,7 @@ def openvino_activations(model, outputs: dict, batches: Batches) -> Iterator[dic
     names = list(outputs)
     first = len(model.outputs)
     model.add_outputs([outputs[name] for name in names])
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov.Core().compile_model(model, "CPU", openvino_f32())
     request = compiled.create_infer_request()
     feeds = [port.get_any_name() for port in model.inputs]
     for batch in batches:

@@ -7,6 +7,8 @@ come from one traced graph.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import tempfile
 import warnings
@@ -22,6 +24,7 @@ from ..models import ModelSource
 from ..runtimes import decoding
 from ..tasks import architecture, for_generation, load_model, model_inputs, task
 from ..textdata import builtin_path
+from ..formats import runtime_config as runtime_config_of
 
 ONNX_FILE = "model.onnx"
 OPENVINO_FILE = "openvino_model.xml"
@@ -29,7 +32,6 @@ OPENVINO_FILE = "openvino_model.xml"
 EXTERNAL_DATA_BYTES = 1_800_000_000
 GREEDY_STEPS = 8
 # fp32 stateful OpenVINO: the cache must stay f32 too (the CPU plugin may otherwise compress it to u8 or f16).
-OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
 
 
 def cache_names(layers: int) -> tuple[list[str], list[str]]:
@@ -90,19 +92,24 @@ def compare(artifact: Artifact, runtime: str, batch, ref_tokens, ref_logits, ato
 
     `trace(session, batch, tokens)` gives the step logits (default: a decoder-only model's `step_logits`)."""
     from .. import runtimes
+    from . import step
 
-    decoder = runtimes.load(artifact, runtime)
-    tokens = decoder.generate(batch["input_ids"], batch["attention_mask"], GREEDY_STEPS, eos_token_id=None)
-    logits = (trace or step_logits)(decoder, batch, ref_tokens)
+    model_type = artifact.manifest.source.get("model_type", "?")
+    with step(model_type, f"loading in {runtime}"):
+        decoder = runtimes.load(artifact, runtime)
+    with step(model_type, f"validating on {runtime}"):
+        tokens = decoder.generate(batch["input_ids"], batch["attention_mask"], GREEDY_STEPS, eos_token_id=None)
+        logits = (trace or step_logits)(decoder, batch, ref_tokens)
     diff = float(np.abs(logits - ref_logits).max()) if logits.shape == ref_logits.shape else float("inf")
     bound = atol + rtol * float(np.abs(ref_logits).max())
     if not np.array_equal(tokens, ref_tokens):
         raise ExportValidationError(
-            f"{artifact.format} export failed validation on {runtime}: greedy tokens {tokens.tolist()} differ from "
-            f"PyTorch's {ref_tokens.tolist()} (logits differ by up to {diff:.3g})")
+            f"architecture {model_type!r}: {artifact.format} export failed validation on {runtime}: greedy tokens "
+            f"{tokens.tolist()} differ from PyTorch's {ref_tokens.tolist()} (logits differ by up to {diff:.3g})")
     if not diff <= bound:
-        raise ExportValidationError(f"{artifact.format} export failed validation on {runtime}: step logits differ from "
-                                    f"PyTorch by up to {diff:.3g} (tolerance {bound:.3g})")
+        raise ExportValidationError(f"architecture {model_type!r}: {artifact.format} export failed validation on "
+                                    f"{runtime}: step logits differ from PyTorch by up to {diff:.3g} "
+                                    f"(tolerance {bound:.3g})")
     return {"runtime": runtime, "max_abs_diff": diff, "tolerance": bound, "greedy_tokens_identical": True,
             "greedy_steps": GREEDY_STEPS, "batch": list(batch["input_ids"].shape)}
 
@@ -114,7 +121,8 @@ def _write_onnx(wrapped, example: tuple, names_in: list[str], names_out: list[st
     dynamic = torch.export.Dim.DYNAMIC
     shapes = [{0: dynamic, 1: dynamic} for _ in names_in[:len(names_in) - len(past_in)]]
     shapes += [{0: dynamic, 2: dynamic} for _ in past_in]
-    with warnings.catch_warnings():
+    # torch.export prints the partial graph of a failed trace to stderr: the one-line error says what failed.
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapped, example, str(target / ONNX_FILE), dynamo=True, input_names=names_in,
                           output_names=names_out, dynamic_shapes=(tuple(shapes),), opset_version=max(opset, 18),
@@ -146,29 +154,30 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
     say = progress or (lambda message: None)
     if fmt_name not in ("onnx", "openvino"):
         raise UnsupportedError(f"generative models export to onnx or openvino, not {fmt_name}")
-    arch = architecture(source.model_type)
+    arch = architecture(source.model_type, task_name)
     the_task = task(task_name)
     say(f"loading {source.spec}")
     model = load_model(source.path, task_name, trust_remote_code, pickle=source.pickle)
-    from . import tokenizer_for
+    from . import step, tokenizer_for
 
     tokenizer = for_generation(tokenizer_for(source.path))
-    input_names = model_inputs(arch, tokenizer)
+    input_names = model_inputs(arch, tokenizer, model)
     pad = int(tokenizer.pad_token_id or 0)
     eos = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else None
     batch = prompts(tokenizer, input_names)
     reference = decoding.TorchDecoder(model, input_names=input_names, pad_token_id=pad, eos_token_id=eos)
-    # References first: tracing for export can leave the module in a state whose eager outputs differ.
-    ref_tokens = reference.generate(batch["input_ids"], batch["attention_mask"], GREEDY_STEPS, eos_token_id=None)
-    ref_logits = step_logits(reference, batch, ref_tokens)
-
     # Example: a real prefix in the cache (3 tokens) and 4 new tokens, batch 2, so no axis is traced as 0 or 1.
     ids = batch["input_ids"][:, -7:]
-    with torch.inference_mode():
-        prefix = model(input_ids=torch.from_numpy(ids[:, :3]), use_cache=True).past_key_values
-    layers = len(prefix.layers)
+    # A family whose cache is not one key/value pair per layer (state-space, hybrid models) stops here.
+    with step(source.model_type, "running in pytorch with a KV cache"):
+        # References first: tracing for export can leave the module in a state whose eager outputs differ.
+        ref_tokens = reference.generate(batch["input_ids"], batch["attention_mask"], GREEDY_STEPS, eos_token_id=None)
+        ref_logits = step_logits(reference, batch, ref_tokens)
+        with torch.inference_mode():
+            prefix = model(input_ids=torch.from_numpy(ids[:, :3]), use_cache=True).past_key_values
+        layers = len(prefix.layers)
+        past = [t.clone() for layer in prefix.layers for t in (layer.keys, layer.values)]
     past_in, present_out = cache_names(layers)
-    past = [t.clone() for layer in prefix.layers for t in (layer.keys, layer.values)]
     mask = np.ones_like(ids)
     feeds = {"input_ids": ids[:, 3:], "attention_mask": mask, "position_ids": decoding.positions(mask, 4)}
     example = (*[torch.from_numpy(feeds[name]) for name in input_names], *past)
@@ -180,21 +189,26 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
     with staging(Path(out), overwrite=overwrite) as tmp:
         say(f"exporting to {fmt_name} with a KV cache ({layers} layers)")
         graph_dir = tmp if fmt_name == "onnx" else Path(tempfile.mkdtemp(prefix="onnx-", dir=tmp))
-        _write_onnx(_wrap(model, input_names, layers), example, [*input_names, *past_in],
-                    ["logits", *present_out], past_in, graph_dir, opset or arch.opset, large)
-        runtime_config: dict[str, Any] = {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL"}}
+        via = "" if fmt_name == "onnx" else " (on the way to openvino)"
+        with step(source.model_type, f"exporting to onnx{via}"):
+            _write_onnx(_wrap(model, input_names, layers), example, [*input_names, *past_in],
+                        ["logits", *present_out], past_in, graph_dir, opset or arch.opset, large)
+        runtime_config: dict[str, Any] = runtime_config_of("onnx")
         model_file = ONNX_FILE
         if fmt_name == "openvino":
             import openvino as ov
 
-            ov_model = ov.convert_model(str(graph_dir / ONNX_FILE))
-            if stateful:
-                _make_stateful(ov_model, past_in, present_out)
-            ov.save_model(ov_model, str(tmp / OPENVINO_FILE), compress_to_fp16=False)
+            with step(source.model_type, "converting to openvino"):
+                ov_model = ov.convert_model(str(graph_dir / ONNX_FILE))
+                if stateful:
+                    _make_stateful(ov_model, past_in, present_out)
+                ov.save_model(ov_model, str(tmp / OPENVINO_FILE), compress_to_fp16=False)
             del ov_model
             shutil.rmtree(graph_dir)
             spec["stateful"] = stateful
-            runtime_config = {"openvino": dict(OPENVINO_FP32)}
+            # the cache stays f32 too (the CPU plugin may otherwise compress it to u8 or f16)
+            runtime_config = runtime_config_of("openvino")
+            runtime_config["openvino"]["KV_CACHE_PRECISION"] = "f32"
             model_file = OPENVINO_FILE
         runtime_config["decoder"] = spec
         copy_tokenizer(source.path, tmp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from ..formats import runtime_config
 from . import FORMATS, Format
 
 MODEL_FILE = "model.onnx"
@@ -29,7 +30,7 @@ def write(wrapped, example, input_names, output_names, target: Path, opset: int)
                 extra.unlink()
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=MODEL_FILE + ".data", size_threshold=1024)
-    return MODEL_FILE, {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL"}}
+    return MODEL_FILE, runtime_config("onnx")
 
 
-FORMATS.register("onnx")(Format("onnx", "ort-cpu", write))
+FORMATS.register("onnx")(Format("onnx", "ort-cpu", write, "exporting to onnx"))

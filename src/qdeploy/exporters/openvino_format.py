@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..formats import runtime_config
 from . import FORMATS, Format
 
-MODEL_FILE = "openvino_model.xml"
-# Without this hint OpenVINO runs bf16 on CPUs that have it: an "fp32" artifact must really run in fp32.
-FP32_CONFIG = {"openvino": {"INFERENCE_PRECISION_HINT": "f32"}}
+MODEL_FILE = "openvino_model.xml"  # the fp32 settings (formats.py) keep an "fp32" artifact really in fp32
 
 
 def write(wrapped, example, input_names, output_names, target: Path, opset: int):
@@ -20,7 +19,7 @@ def write(wrapped, example, input_names, output_names, target: Path, opset: int)
     for port, name in zip(model.outputs, output_names):
         port.get_tensor().set_names({name})
     ov.save_model(model, str(target / MODEL_FILE), compress_to_fp16=False)
-    return MODEL_FILE, dict(FP32_CONFIG)
+    return MODEL_FILE, runtime_config("openvino")
 
 
-FORMATS.register("openvino")(Format("openvino", "openvino-cpu", write))
+FORMATS.register("openvino")(Format("openvino", "openvino-cpu", write, "converting to openvino"))

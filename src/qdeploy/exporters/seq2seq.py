@@ -12,6 +12,8 @@ IRs are converted from those ONNX graphs and are stateless: the cache is fed exp
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import tempfile
 import warnings
@@ -26,6 +28,7 @@ from ..machine import build_record, describe
 from ..models import ModelSource
 from ..runtimes import seq2seq_decoding as s2s
 from ..tasks import architecture, load_model, task
+from ..formats import runtime_config as runtime_config_of
 from . import causal_lm
 
 ENCODER = "encoder_model"
@@ -33,7 +36,6 @@ DECODER = "decoder_model"
 GREEDY_STEPS = causal_lm.GREEDY_STEPS
 EXTERNAL_DATA_BYTES = 1_800_000_000
 # fp32 OpenVINO: otherwise the CPU plugin runs bf16 on CPUs that have it (differences ~5e-2 instead of ~5e-5).
-OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
 SOURCES = ("The quick brown fox jumps over the lazy dog near the river bank.",
            "Parliament approved the budget on Tuesday.")
 
@@ -118,7 +120,8 @@ def _onnx(module, example: tuple, names_in: list[str], names_out: list[str], sha
     # Beyond this the protobuf limit (2 GB) is near: weights go to an external file next to the graph.
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
 
-    with warnings.catch_warnings():
+    # torch.export prints the partial graph of a failed trace to stderr: the one-line error says what failed.
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(module, example, str(path), dynamo=True, input_names=names_in, output_names=names_out,
                           dynamic_shapes=(tuple(shapes),), opset_version=max(opset, 18), external_data=large,
@@ -134,50 +137,54 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
     say = progress or (lambda message: None)
     if fmt_name not in ("onnx", "openvino"):
         raise UnsupportedError(f"seq2seq models export to onnx or openvino, not {fmt_name}")
-    arch = architecture(source.model_type)
+    arch = architecture(source.model_type, task_name)
     the_task = task(task_name)
     say(f"loading {source.spec}")
     model = load_model(source.path, task_name, trust_remote_code, pickle=source.pickle)
-    from . import tokenizer_for
+    from . import step, tokenizer_for
 
     tokenizer = tokenizer_for(source.path)
     spec = s2s.spec_from_config(model.config, tokenizer)
     batch = sources(tokenizer)
     reference = s2s.TorchSeq2Seq(model, spec)
-    # References first: tracing for export can leave the module in a state whose eager outputs differ.
-    ref_tokens = reference.generate(batch["input_ids"], batch["attention_mask"], GREEDY_STEPS, eos_token_id=None)
-    ref_logits = step_logits(reference, batch, ref_tokens)
-
     # Example: a real 3-token prefix in the cache and 2 new tokens, batch 2, so no axis is traced as 0 or 1.
     ids, mask = torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"])
-    with torch.inference_mode():
-        hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        start = torch.full((2, 1), spec["decoder_start_token_id"], dtype=torch.long)
-        prefix_ids = torch.cat([start, torch.from_numpy(ref_tokens[:, :2])], dim=1)
-        prefix = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=prefix_ids,
-                       use_cache=True).past_key_values.self_attention_cache
-    layers = len(prefix.layers)
+    # A family whose cache is not one self-attention key/value pair per decoder layer stops here.
+    with step(source.model_type, "running in pytorch with a KV cache"):
+        # References first: tracing for export can leave the module in a state whose eager outputs differ.
+        ref_tokens = reference.generate(batch["input_ids"], batch["attention_mask"], GREEDY_STEPS, eos_token_id=None)
+        ref_logits = step_logits(reference, batch, ref_tokens)
+        with torch.inference_mode():
+            hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            start = torch.full((2, 1), spec["decoder_start_token_id"], dtype=torch.long)
+            prefix_ids = torch.cat([start, torch.from_numpy(ref_tokens[:, :2])], dim=1)
+            prefix = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=prefix_ids,
+                           use_cache=True).past_key_values.self_attention_cache
+        layers = len(prefix.layers)
+        past = [t.clone() for layer in prefix.layers for t in (layer.keys, layer.values)]
     past_in, present_out = cache_names(layers)
-    past = [t.clone() for layer in prefix.layers for t in (layer.keys, layer.values)]
     past_shape = [-1, *past[0].shape[1:]]
     past_shape[2] = 0
     spec.update({"past_inputs": past_in, "present_outputs": present_out,
                  "past_shape": past_shape, "layers": layers, "stateful": False})
     dynamic = torch.export.Dim.DYNAMIC
+    via = "" if fmt_name == "onnx" else " (on the way to openvino)"
     with staging(Path(out), overwrite=overwrite) as tmp:
         graph_dir = tmp if fmt_name == "onnx" else Path(tempfile.mkdtemp(prefix="onnx-", dir=tmp))
         say(f"exporting the encoder to {fmt_name}")
-        _onnx(_wrap_encoder(model), (ids, mask), ["input_ids", "attention_mask"], ["encoder_hidden_states"],
-              [{0: dynamic, 1: dynamic}] * 2, graph_dir / f"{ENCODER}.onnx", opset or arch.opset)
+        with step(source.model_type, f"exporting the encoder to onnx{via}"):
+            _onnx(_wrap_encoder(model), (ids, mask), ["input_ids", "attention_mask"], ["encoder_hidden_states"],
+                  [{0: dynamic, 1: dynamic}] * 2, graph_dir / f"{ENCODER}.onnx", opset or arch.opset)
         say(f"exporting the decoder to {fmt_name} with a KV cache ({layers} layers)")
         new = torch.from_numpy(ref_tokens[:, 2:4].copy())
-        _onnx(_wrap_decoder(model, layers), (new, mask, hidden.clone(), *past),
-              ["decoder_input_ids", "encoder_attention_mask", "encoder_hidden_states", *past_in],
-              ["logits", *present_out],
-              [{0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic}]
-              + [{0: dynamic, 2: dynamic}] * len(past_in),
-              graph_dir / f"{DECODER}.onnx", opset or arch.opset)
-        runtime_config: dict[str, Any] = {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL"}}
+        with step(source.model_type, f"exporting the decoder to onnx{via}"):
+            _onnx(_wrap_decoder(model, layers), (new, mask, hidden.clone(), *past),
+                  ["decoder_input_ids", "encoder_attention_mask", "encoder_hidden_states", *past_in],
+                  ["logits", *present_out],
+                  [{0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic}, {0: dynamic, 1: dynamic}]
+                  + [{0: dynamic, 2: dynamic}] * len(past_in),
+                  graph_dir / f"{DECODER}.onnx", opset or arch.opset)
+        runtime_config: dict[str, Any] = runtime_config_of("onnx")
         suffix = ".onnx"
         notes = ["two graphs: encoder_model (encoder) and decoder_model (decoder with the self-attention cache as "
                  "inputs/outputs; cross-attention keys/values recomputed each step)"]
@@ -185,10 +192,11 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
             import openvino as ov
 
             for name in (ENCODER, DECODER):
-                ov.save_model(ov.convert_model(str(graph_dir / f"{name}.onnx")), str(tmp / f"{name}.xml"),
-                              compress_to_fp16=False)
+                with step(source.model_type, "converting to openvino"):
+                    ov.save_model(ov.convert_model(str(graph_dir / f"{name}.onnx")), str(tmp / f"{name}.xml"),
+                                  compress_to_fp16=False)
             shutil.rmtree(graph_dir)
-            runtime_config = {"openvino": dict(OPENVINO_FP32)}
+            runtime_config = runtime_config_of("openvino")
             suffix = ".xml"
             notes.append("OpenVINO IRs are stateless: the cache is fed explicitly, as with ONNX Runtime")
         spec["encoder_file"] = ENCODER + suffix

@@ -2,7 +2,6 @@
 options (each config checks its own), runtimes, metrics and their files, tolerances, sizes and the calibration file."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -11,6 +10,7 @@ from ..calibration import CalibrationSource
 from ..errors import ConfigError, UnsupportedError
 from ..plan import Plan
 from ..tasks import architecture, check_task, resolve_task
+from ..tasks import max_positions as max_positions_of
 from ..tasks import task as get_task
 
 AUTO = "auto"  # every registered runtime; those missing here are listed as not run
@@ -85,5 +85,4 @@ def check(plan: Plan) -> Checked:
 
 
 def max_positions(source: models.ModelSource) -> int | None:
-    config = json.loads((source.path / "config.json").read_text())
-    return config.get("max_position_embeddings")
+    return max_positions_of(source.config())

@@ -17,7 +17,8 @@ from ..artifact import Artifact
 from ..errors import ConfigError, InputError
 from . import MethodResult, register
 from .auto import AccuracyTarget, evaluation_target
-from .backends.openvino import MODEL_FILE, OPENVINO, RUNTIME_CONFIG, quiet as _quiet
+from ..formats import openvino_f32
+from .backends.openvino import MODEL_FILE, OPENVINO, quiet as _quiet
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def nncf_auto(parent: Artifact, config: NncfAuto, calibration, target: Path, ctx
 
     def validate(model, _items):
         compiled = model if hasattr(model, "create_infer_request") else ov.Core().compile_model(
-            model, "CPU", dict(RUNTIME_CONFIG["openvino"]))
+            model, "CPU", openvino_f32())
         value = metric.evaluate(_CompiledSession(compiled, list(parent.manifest.outputs)), eval_ctx, data).value
         scores.append(value)
         ctx.progress(f"nncf-auto: {metric_name} {value:.4f}")

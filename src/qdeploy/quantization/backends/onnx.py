@@ -1,7 +1,6 @@
 """The ONNX backend: ONNX Runtime's static QDQ, float8 QDQ and MatMulNBits under the algorithms of ../algorithms."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import tempfile
 from pathlib import Path
@@ -10,12 +9,12 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError, UnsupportedError
+from ...formats import runtime_config
 from ...machine import has_vnni
 from . import BACKENDS, Int8Settings
 from .onnx_graph import OnnxLinears, embedding_gathers, ffn_down_matmuls, ffn_matmuls, weight_matmuls
 
 MODEL_FILE = "model.onnx"
-RUNTIME_CONFIG = {"onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL"}}
 FP8_OPSET = 19  # QuantizeLinear/DequantizeLinear take float8 types from opset 19
 FP8_MAX = {"e4m3": 448.0, "e5m2": 57344.0}
 
@@ -126,7 +125,7 @@ class OnnxBackend:
     model_file = MODEL_FILE
 
     def runtime_config(self) -> dict[str, Any]:
-        return copy.deepcopy(RUNTIME_CONFIG)
+        return runtime_config("onnx")
 
     def read(self, model_path: Path) -> OnnxLinears:
         return OnnxLinears(model_path)

@@ -1,18 +1,17 @@
 """The OpenVINO backend: NNCF's quantize (int8, fp8) and compress_weights under the algorithms of ../algorithms."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...errors import InputError, UnsupportedError
+from ...formats import openvino_f32, runtime_config
 from . import BACKENDS, Int8Settings, Linear, LinearGraph
 
 MODEL_FILE = "openvino_model.xml"
 # A quantized model is still compiled with f32 for the parts that stay in float.
-RUNTIME_CONFIG = {"openvino": {"INFERENCE_PRECISION_HINT": "f32"}}
 ACTIVATIONS = {"Gelu", "Relu", "Tanh", "Sigmoid", "Swish", "HSwish", "Mish", "Erf"}
 
 
@@ -138,7 +137,7 @@ class OpenVinoBackend:
     model_file = MODEL_FILE
 
     def runtime_config(self) -> dict[str, Any]:
-        return copy.deepcopy(RUNTIME_CONFIG)
+        return runtime_config("openvino")
 
     def read(self, model_path: Path) -> OpenVinoLinears:
         return OpenVinoLinears(model_path)
@@ -182,7 +181,7 @@ class OpenVinoBackend:
         except (nncf.ValidationError, nncf.ParameterNotSupportedError) as exc:
             raise UnsupportedError(f"nncf fp8: {_error(exc)}") from None
         try:
-            ov.Core().compile_model(quantized, "CPU", dict(RUNTIME_CONFIG["openvino"]))
+            ov.Core().compile_model(quantized, "CPU", openvino_f32())
         except RuntimeError as exc:
             raise UnsupportedError(f"OpenVINO's CPU plugin cannot run the fp8 model: {_error(exc)}") from None
         save_model(quantized, target)
