@@ -49,33 +49,32 @@ def test_recommendation_and_ratios_hold_beside_a_busy_loop(tmp_path):
         loop.kill()
         loop.wait()
     assert not (tmp_path / "strict").exists()
-    threads = busy["settings"]["threads"]
+    threads = busy.settings["threads"]
     same_threads = idle
-    if threads != idle["settings"]["threads"]:
+    if threads != idle.settings["threads"]:
         pinned = from_dict(_plan(tmp_path / "artifacts", threads=threads))
         same_threads = load_report(pipeline.run(pinned, out=tmp_path / f"idle-{threads}").parent)
 
     def pick(report):
-        (choice,) = report["recommendation"]["choices"]
+        (choice,) = report.recommendation["choices"]
         return choice["variant"], choice["runtime"]
 
-    assert pick(idle) == pick(busy), (idle["recommendation"], busy["recommendation"])
-    intervals = {(r["variant"], r["runtime"]): r["speedup_interval"] for r in same_threads["results"]}
-    for row in busy["results"]:
-        low, high = row["speedup_interval"]
-        idle_low, idle_high = intervals[(row["variant"], row["runtime"])]
-        assert low <= idle_high and idle_low <= high, (row["variant"], row["runtime"], (low, high),
-                                                       (idle_low, idle_high))
-        assert row["busy_reasons"], f"{row['variant']} on {row['runtime']} was not marked busy"
-    assert any("other processes" in reason for row in busy["results"] for reason in row["busy_reasons"])
-    assert "busy" in busy["settings"]["threads_choice"]["reason"]
+    assert pick(idle) == pick(busy), (idle.recommendation, busy.recommendation)
+    intervals = {(r.variant, r.runtime): r.speedup_interval for r in same_threads.results}
+    for row in busy.results:
+        low, high = row.speedup_interval
+        idle_low, idle_high = intervals[(row.variant, row.runtime)]
+        assert low <= idle_high and idle_low <= high, (row.variant, row.runtime, (low, high), (idle_low, idle_high))
+        assert row.busy_reasons, f"{row.variant} on {row.runtime} was not marked busy"
+    assert any("other processes" in reason for row in busy.results for reason in row.busy_reasons)
+    assert "busy" in busy.settings["threads_choice"]["reason"]
 
 
 def test_package_recommended_quotes_the_interval(tmp_path):
     run_dir = tmp_path / "run"
     pipeline.run(from_dict({**_plan(None, rounds=6), "storage": None}), out=run_dir)
     report = load_report(run_dir)
-    (choice,) = report["recommendation"]["choices"]
+    (choice,) = report.recommendation["choices"]
     if choice["variant"] == "pytorch-fp32":
         pytest.skip("PyTorch itself was recommended: no artifact to package")
     artifact = recommended_artifact(run_dir)

@@ -13,6 +13,7 @@ from . import evaluation, models
 from .artifact import Artifact, Manifest
 from .evaluation import stats
 from .plan import Plan
+from .report.model import Quality, Row
 from .tasks import task as get_task
 
 BASELINE = "pytorch-fp32"
@@ -47,55 +48,54 @@ def _interval_dict(speed: dict[str, Any] | None) -> tuple[float | None, list[flo
     return (speed["median"], speed["interval"]) if speed else (None, None)
 
 
-def relate(rows: list[dict[str, Any]], tolerances: dict[str, evaluation.Tolerance]) -> None:
-    """Speed-ups and quality changes against the PyTorch fp32 rows of the same machine type, batch and length."""
-    base = {(r["machine"], r["batch"], r["seq_len"]): r for r in rows if r["variant"] == BASELINE}
-    base_quality = {(r["machine"], q["metric"]): q["value"] for r in base.values() for q in r["qualities"]}
-    base_items = {(r["machine"], metric): items for r in base.values() for metric, items in r["items"].items()}
+def relate(rows: list[Row], tolerances: dict[str, evaluation.Tolerance]) -> list[Row]:
+    """The rows with their speed-ups and quality changes against the PyTorch fp32 rows of the same machine type,
+    batch and length; their per-item results, once paired, are dropped (they are not part of the report)."""
+    base = {(r.machine, r.batch, r.seq_len): r for r in rows if r.variant == BASELINE}
+    base_quality = {(r.machine, q.metric): q.value for r in base.values() for q in r.qualities}
+    base_items = {(r.machine, metric): items for r in base.values() for metric, items in r.items.items()}
+    related = []
     for row in rows:
-        ref = base.get((row["machine"], row["batch"], row["seq_len"]))
-        speed = row.get("speed") or {}
-        row["speedup_vs_fp32"], row["speedup_interval"] = _interval_dict(speed.get("vs_reference"))
-        row["speedup_vs_runtime_fp32"], row["speedup_vs_runtime_fp32_interval"] = \
-            _interval_dict(speed.get("vs_runtime_fp32"))
-        row["rounds"] = (speed.get("vs_reference") or {}).get("rounds")
-        row["busy"] = bool(row.get("busy_reasons"))
-        for timing, measured in (row.get("timings") or {}).items():
+        ref = base.get((row.machine, row.batch, row.seq_len))
+        speed = row.speed or {}
+        speedup, interval = _interval_dict(speed.get("vs_reference"))
+        runtime_speedup, runtime_interval = _interval_dict(speed.get("vs_runtime_fp32"))
+        for timing, measured in (row.timings or {}).items():
             # Other timings (end-to-end) are not interleaved: their ratio is of two medians, marked as such.
-            ref_timing = ((ref or {}).get("timings") or {}).get(timing)
+            ref_timing = ((ref.timings if ref else None) or {}).get(timing)
             measured["speedup_vs_fp32"] = (round(ref_timing["latency_ms"]["p50"] / measured["latency_ms"]["p50"], 3)
                                            if ref_timing else None)
-        if row.get("concurrent") and ref and ref.get("concurrent"):
-            row["concurrent"]["speedup_vs_fp32"] = round(row["concurrent"]["items_per_s"]
-                                                         / ref["concurrent"]["items_per_s"], 3)
-        row["baseline_same_process"] = bool(speed) and row.get("speed_session") is not None
-        for q in row["qualities"]:
-            _judge(q, row, base_quality.get((row["machine"], q["metric"])),
-                   base_items.get((row["machine"], q["metric"])), tolerances.get(q["metric"]))
-        gen, ref_gen = row.get("generation"), (ref or {}).get("generation")
+        if row.concurrent and ref and ref.concurrent:
+            row.concurrent["speedup_vs_fp32"] = round(row.concurrent["items_per_s"] / ref.concurrent["items_per_s"], 3)
+        qualities = [_judge(q, row, base_quality.get((row.machine, q.metric)), base_items.get((row.machine, q.metric)),
+                            tolerances.get(q.metric)) for q in row.qualities]
+        gen, ref_gen = row.generation, ref.generation if ref else None
         if gen and ref_gen:
             gen["decode_speedup_vs_fp32"] = round(gen["decode_tokens_per_s"] / ref_gen["decode_tokens_per_s"], 3)
             gen["ttft_speedup_vs_fp32"] = round(ref_gen["ttft_ms"] / gen["ttft_ms"], 3)
-        row["quality"] = row["qualities"][-1] if row["qualities"] else None
-    for row in rows:
-        row.pop("items", None)  # per-item results are inputs to the paired tests, not part of the report
+        related.append(replace(row, speedup=speedup, speedup_interval=interval, runtime_speedup=runtime_speedup,
+                               runtime_speedup_interval=runtime_interval,
+                               rounds=(speed.get("vs_reference") or {}).get("rounds"), busy=bool(row.busy_reasons),
+                               baseline_same_process=bool(speed) and row.speed_session is not None,
+                               qualities=qualities, quality=qualities[-1] if qualities else None))
+    return [replace(row, items={}) for row in related]
 
 
-def _judge(q: dict[str, Any], row: dict[str, Any], fp32: float | None, fp32_items, tolerance) -> None:
+def _judge(q: Quality, row: Row, fp32: float | None, fp32_items, tolerance) -> Quality:
     import numpy as np
 
-    metric = evaluation.metric(q["metric"])
-    q["fp32_value"] = fp32
-    q["scale"] = metric.scale  # renderers and the recommendation speak of points for 0..1 metrics
-    q["delta"] = None if fp32 is None else round(q["value"] - fp32, 6)
-    # Signed so that positive is better: a perplexity that rises is a loss.
-    q["gain"] = None if q["delta"] is None else (q["delta"] if metric.higher_is_better else -q["delta"])
-    items = row["items"].get(q["metric"])
+    metric = evaluation.metric(q.metric)
+    delta = None if fp32 is None else round(q.value - fp32, 6)
+    items = row.items.get(q.metric)
     pair = None
-    if row["variant"] != BASELINE and items is not None and fp32_items is not None:
+    if row.variant != BASELINE and items is not None and fp32_items is not None:
         pair = stats.paired(metric, np.asarray(items, dtype=float), np.asarray(fp32_items, dtype=float))
-        q["paired"] = pair.to_dict()
-    if tolerance is not None:
-        q["tolerance"] = tolerance.describe()
-    if fp32 is not None and row["variant"] != BASELINE:  # the baseline is what the others are judged against
-        q["verdict"] = stats.judge(metric, q["value"], fp32, pair, tolerance).to_dict()
+    judged = fp32 is not None and row.variant != BASELINE  # the baseline is what the others are judged against
+    return replace(q, fp32_value=fp32,
+                   scale=metric.scale,  # renderers and the recommendation speak of points for 0..1 metrics
+                   delta=delta,
+                   # Signed so that positive is better: a perplexity that rises is a loss.
+                   gain=None if delta is None else (delta if metric.higher_is_better else -delta),
+                   paired=pair.to_dict() if pair is not None else None,
+                   tolerance=tolerance.describe() if tolerance is not None else None,
+                   verdict=stats.judge(metric, q.value, fp32, pair, tolerance).to_dict() if judged else None)

@@ -170,7 +170,7 @@ def _ratios(args, baseline, pairs, rounds, progress) -> dict:
 def _print(console, records, ratios, baseline_label):
     from rich.table import Table
 
-    from .report._format import speedup_text
+    from .report.formatting import speedup_text
 
     columns = ["artifact", "runtime", "timing", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "items/s", "cv"]
     if baseline_label:
@@ -184,8 +184,7 @@ def _print(console, records, ratios, baseline_label):
                  f"{r['throughput_per_s']:.1f}", f"{r['cv']:.1%}" + (" noisy" if r["noisy"] else "")]
         if baseline_label:
             ratio = ratios.get((r["artifact"], r["runtime"], r["batch"])) if r["timing"] == "model" else None
-            text = speedup_text({"speedup_vs_fp32": ratio["median"], "speedup_interval": ratio["interval"]}) \
-                if ratio else "-"
+            text = speedup_text(ratio["median"], ratio["interval"]) if ratio else "-"
             cells.append(text + (" busy" if ratio and ratio["busy"] else ""))
         if "TTFT ms" in columns:
             g = r["generation"]

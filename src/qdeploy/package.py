@@ -12,7 +12,8 @@ from pathlib import Path
 from . import __version__
 from .artifact import Artifact, finalize, safe_join, staging
 from .errors import InputError
-from .report._format import speedup_text
+from .report.formatting import speedup_text
+from .report.model import Report
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
@@ -31,12 +32,14 @@ def _measured(artifact: Artifact, report_path: Path | None) -> tuple[list[dict],
         report_path = guess if guess.is_file() else None
     if report_path is None:
         return [], []
-    report = _read_report(report_path)
+    report = Report.from_dict(_read_report(report_path))
+    # The manifest keeps these keys of each row as report.json spells them (a package outlives the run's report).
     keep = ("runtime", "batch", "seq_len", "latency_ms", "throughput_per_s", "speedup_vs_fp32", "speedup_interval",
             "busy_reasons", "quality", "qualities", "peak_rss_mb", "rss_delta_mb")
-    rows = [{k: r.get(k) for k in keep} for r in report.get("results", []) if r.get("variant") == artifact.name]
-    chosen = [c for c in (report.get("recommendation") or {}).get("choices", []) if c.get("variant") == artifact.name]
-    return [{**row, "machine": report.get("machine", {}).get("cpu_model")} for row in rows], chosen
+    written = [r.to_dict() for r in report.results if r.variant == artifact.name]
+    rows = [{k: row.get(k) for k in keep} for row in written]
+    chosen = [c for c in (report.recommendation or {}).get("choices", []) if c.get("variant") == artifact.name]
+    return [{**row, "machine": (report.machine or {}).get("cpu_model")} for row in rows], chosen
 
 
 def recommended_artifact(run_dir: str | Path, batch: int | None = None) -> Path:
@@ -102,7 +105,7 @@ def _readme(artifact: Artifact, name: str, measured: list[dict], chosen: list[di
         for r in measured:
             note = "busy: " + "; ".join(r["busy_reasons"]) if r.get("busy_reasons") else ""
             lines.append(f"| {r['machine']} | {r['runtime']} | {r['batch']} | {r['seq_len']} | "
-                         f"{r['latency_ms']['p50']:.2f} | {speedup_text(r)} | {_quality(r.get('quality') or {})} | {note} |")
+                         f"{r['latency_ms']['p50']:.2f} | {speedup_text(r['speedup_vs_fp32'], r['speedup_interval'])} | {_quality(r.get('quality') or {})} | {note} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,7 @@ from ..executors import Cell, CellKey
 from ..machine import describe
 from ..plan import MachineSpec
 from ..progress import Progress
+from ..report.model import Quality, Row
 from ..work import RunContext, bench_cell, export_cell, quality_cell, quantize_cell, speed_cell
 from .check import Checked
 from .store import CellStore
@@ -117,7 +118,7 @@ class Stages:
         results = self._run("measure", cells)
         speeds = {cell.key.machine: results[cell.key] for cell in cells if cell.key.kind == "speed"}
         self._check_strict(speeds)
-        rows: list[dict[str, Any]] = []
+        rows: list[Row] = []
         described: dict[str, Any] = {}
         threads: dict[str, Any] = {}
         for cell in cells:
@@ -137,10 +138,10 @@ class Stages:
             for row in bench["rows"]:
                 timed = ((speed.get("batches") or {}).get(str(row["batch"])) or {})
                 own = (timed.get("rows") or {}).get(f"{name}@{runtime}") or {}
-                rows.append({**row, "machine": machine, "qualities": list(quality.get("qualities", [])),
-                             "items": quality.get("items") or {}, "session": bench["session"], "speed": own or None,
-                             "speed_reference": speed.get("reference"), "speed_session": speed.get("session"),
-                             "busy_reasons": list(own.get("busy") or []), "load": timed.get("load")})
+                rows.append(Row(**row, machine=machine, qualities=[Quality(**q) for q in quality.get("qualities", [])],
+                                items=quality.get("items") or {}, session=bench["session"], speed=own or None,
+                                speed_reference=speed.get("reference"), speed_session=speed.get("session"),
+                                busy_reasons=list(own.get("busy") or []), load=timed.get("load")))
             if speed.get("not_timed", {}).get(f"{name}@{runtime}"):
                 self.skipped.append({"variant": name, "runtime": runtime, "machine": machine,
                                      "reason": f"not in the interleaved timing: {speed['not_timed'][f'{name}@{runtime}']}"})

@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, InputError
 from . import _write_atomic, load_report
-from .html import _CSS, _fmt, _num
-from .html import _fmt_quality as _html_quality
-from .markdown import DASH, _groups, _md, _qualities
+from .formatting import DASH, _fmt, _fmt_quality, _groups, _num, _qualities
+from .html_parts import _CSS
+from .markdown import _md
+from .model import Quality, Report, Row, as_report
 from .plot_svg import _WIDTH, _clip, _esc, _svg
 from .recommend import recommend
-from .markdown import _fmt_quality as _md_quality
 
 COMPARE_SCHEMA = "qdeploy.compare/1"
 # An em dash marks a combination a run did not measure; the renderers' en dash marks a missing field.
@@ -77,10 +77,10 @@ def _unique(labels: list[str], names: list[str]) -> list[str]:
     return out
 
 
-def _labels(reports: list[dict], names: list[str]) -> list[str]:
+def _labels(reports: list[Report], names: list[str]) -> list[str]:
     """Name each run by what tells it apart (CPU, threads), falling back to its directory name."""
-    cpus = [_dict(r.get("machine")).get("cpu_model") for r in reports]
-    threads = [_dict(r.get("settings")).get("threads") for r in reports]
+    cpus = [_dict(r.machine).get("cpu_model") for r in reports]
+    threads = [_dict(r.settings).get("threads") for r in reports]
     labels = []
     for cpu, count, name in zip(cpus, threads, names):
         parts = ([_short_cpu(cpu)] if _differs(cpus) else []) + ([_threads(count)] if _differs(threads) else [])
@@ -88,7 +88,7 @@ def _labels(reports: list[dict], names: list[str]) -> list[str]:
     return _unique(labels, names)
 
 
-def _warnings(runs: list[dict], reports: list[dict]) -> list[str]:
+def _warnings(runs: list[dict], reports: list[Report]) -> list[str]:
     out = []
     models = [(run["label"], _dict(run["model"])) for run in runs]
     shas = [m.get("sha256") for _, m in models]
@@ -104,7 +104,7 @@ def _warnings(runs: list[dict], reports: list[dict]) -> list[str]:
         listing = "; ".join(f"{label}: {m.get('task') or '?'}" for label, m in models)
         out.append(f"The runs are of different tasks ({listing}); quality metrics are not comparable.")
     for run, report in zip(runs, reports):
-        if not [r for r in report.get("results") or [] if isinstance(r, dict)]:
+        if not report.results:
             out.append(f"Run {run['label']} has no benchmark results.")
     return out
 
@@ -125,45 +125,53 @@ def _library_differences(runs: list[dict]) -> dict[str, dict[str, Any]]:
 
 # --- merged rows ------------------------------------------------------------------------------
 
-def _cell(row: dict, metric: Any) -> dict:
+def _headline(row: Row) -> Quality | None:
+    return row.quality if isinstance(row.quality, Quality) else None
+
+
+def _cell(row: Row, metric: Any) -> dict:
     qualities = _qualities(row)
     # Prefer the metric the first run reports for this row, so one run's accuracy is not set
     # beside another's agreement just because only one of them was given an eval set.
-    quality = qualities.get(str(metric)) or _dict(row.get("quality")) or next(iter(qualities.values()), {})
-    return {"p50": _num(_dict(row.get("latency_ms")).get("p50")),
-            "speedup_vs_fp32": _num(row.get("speedup_vs_fp32")),
-            "quality_metric": quality.get("metric"), "quality_value": _num(quality.get("value")),
-            "quality_delta": _num(quality.get("delta")), "noisy": row.get("noisy") is True}
+    quality = qualities.get(str(metric)) or _headline(row) or next(iter(qualities.values()), Quality())
+    return {"p50": _num(_dict(row.latency_ms).get("p50")),
+            "speedup_vs_fp32": _num(row.speedup),
+            "quality_metric": quality.metric, "quality_value": _num(quality.value),
+            "quality_delta": _num(quality.delta), "noisy": row.noisy is True}
 
 
-def _merge_rows(runs: list[dict], reports: list[dict]) -> list[dict]:
-    found: dict[tuple, dict[str, dict]] = {}
+def _merge_rows(runs: list[dict], reports: list[Report]) -> list[dict]:
+    found: dict[tuple, dict[str, Row]] = {}
     for run, report in zip(runs, reports):
-        for row in report.get("results") or []:
-            if isinstance(row, dict):
-                key = tuple(_hashable(row.get(k)) for k in _KEY)
-                found.setdefault(key, {}).setdefault(run["label"], row)  # a duplicate row: first wins
+        for row in report.results:
+            key = tuple(_hashable(getattr(row, k)) for k in _KEY)
+            found.setdefault(key, {}).setdefault(run["label"], row)  # a duplicate row: first wins
     merged = []
     for key, by_label in found.items():
-        metric = next((m for m in (_dict(r.get("quality")).get("metric") for r in by_label.values())
-                       if m is not None), None)
+        metric = next((q.metric for q in map(_headline, by_label.values()) if q and q.metric is not None), None)
         by_run = {run["label"]: _cell(by_label[run["label"]], metric) if run["label"] in by_label else None
                   for run in runs}
         merged.append(dict(zip(_KEY, key), by_run=by_run))
     # Grouped by shape (sorted); within a shape, rows keep the order of the first run that has them.
-    return [row for _, rows in _groups(merged) for row in rows]
+    return [row for _, rows in _compare_groups(merged) for row in rows]
 
 
-def build_comparison(reports: list[dict], names: list[str], dirs: list[str] | None = None,
+def _compare_groups(rows: list) -> list[tuple[tuple, list[dict]]]:
+    """compare.json's rows by shape; they are dicts, not report Rows."""
+    return _groups([r for r in rows if isinstance(r, dict)], lambda r: (r.get("batch"), r.get("seq_len")))
+
+
+def build_comparison(reports: list[Report | dict], names: list[str], dirs: list[str] | None = None,
                      labels: list[str] | None = None) -> dict:
     """The compare.json document for already-loaded reports; names are the run directory names. `labels` name the
     columns (the machine types of one run); by default each run is named by what tells it apart."""
+    reports = [as_report(r) for r in reports]
     labels = labels or _labels(reports, names)
-    runs = [{"label": label, "dir": d, "machine": _dict(r.get("machine")), "settings": _dict(r.get("settings")),
-             "model": _dict(r.get("model")), "created": r.get("created")}
+    runs = [{"label": label, "dir": d, "machine": _dict(r.machine), "settings": _dict(r.settings),
+             "model": _dict(r.model), "created": r.created}
             for label, d, r in zip(labels, dirs or names, reports)]
     # One recommendation per machine: each run's own (re-judged from its rows when the report predates them).
-    recommendations = [{"label": label, "choices": (r.get("recommendation") or recommend(r).to_dict())["choices"]}
+    recommendations = [{"label": label, "choices": (r.recommendation or recommend(r).to_dict())["choices"]}
                        for label, r in zip(labels, reports)]
     return {"schema": COMPARE_SCHEMA, "runs": runs, "warnings": _warnings(runs, reports),
             "recommendations": recommendations,
@@ -204,7 +212,7 @@ def _metric_note(rows: list[dict]) -> tuple[bool, str]:
 def _cell_texts(cell: dict | None, mixed: bool, fmt_quality: Callable[[Any], str]) -> list[str]:
     if cell is None:
         return [MISSING] * 3
-    quality = fmt_quality({"value": cell["quality_value"], "delta": cell["quality_delta"]})
+    quality = fmt_quality(Quality(value=cell["quality_value"], delta=cell["quality_delta"]))
     if mixed and cell["quality_metric"] is not None:
         quality += f" {cell['quality_metric']}"
     return [_fmt(cell["p50"]) + (" ⚠" if cell["noisy"] else ""), _fmt(cell["speedup_vs_fp32"], 2, "×"), quality]
@@ -250,14 +258,14 @@ def render_compare_markdown(data: dict) -> str:
     else:
         lines.append("All library versions and the qdeploy commit are the same in every run.")
     lines += ["", "## Results", ""]
-    groups = _groups(data["rows"])
+    groups = _compare_groups(data["rows"])
     lines += [_SPEEDUP_NOTE if groups else "There are no benchmark results to show.", ""]
     for (batch, seq_len), rows in groups:
         mixed, note = _metric_note(rows)
         header = ["variant", "runtime"] + [f"{_md(l)} {col}" for l in labels
                                            for col in ("p50 ms", "speed-up", "quality (Δ)")]
         cells = [[r["variant"], r["runtime"]]
-                 + [t for l in labels for t in _cell_texts(r["by_run"][l], mixed, _md_quality)] for r in rows]
+                 + [t for l in labels for t in _cell_texts(r["by_run"][l], mixed, _fmt_quality)] for r in rows]
         lines += [f"### {_md(_shape(batch, seq_len))}", ""] + ([note, ""] if note else [])
         lines += _md_table(header, cells, 2) + [""]
     return "\n".join(lines).rstrip() + "\n"
@@ -308,7 +316,7 @@ def _html_results(rows: list[dict], labels: list[str]) -> str:
             "<tr>" + "<th>p50 ms</th><th>speed-up</th><th>quality (Δ)</th>" * len(labels) + "</tr>"]
     cells = [[(r["variant"], "key"), (r["runtime"], "key")]
              + [(t, "miss" if t == MISSING else "num") for l in labels
-                for t in _cell_texts(r["by_run"][l], mixed, _html_quality)] for r in rows]
+                for t in _cell_texts(r["by_run"][l], mixed, _fmt_quality)] for r in rows]
     return (f'<p class="note">{_esc(note)}</p>' if note else "") + _html_table(head, cells)
 
 
@@ -335,7 +343,7 @@ def render_compare_html(data: dict) -> str:
             for name, versions in data["library_differences"].items()]
     out.append(_html_table(["<tr><th>library</th>" + run_heads], libs) if libs else
                '<p class="empty">All library versions and the qdeploy commit are the same in every run.</p>')
-    groups = _groups(data["rows"])
+    groups = _compare_groups(data["rows"])
     out += ["<h2>Speed-up per run</h2>", f'<p class="note">{_esc(_SPEEDUP_NOTE)}</p>']
     out += [f"<p>{legend}</p>"] if legend else []
     if not groups:

@@ -11,83 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ._format import (DASH, GENERATION_COLUMNS, _concurrent, _fmt, _fmt_delta, _fmt_interval, _fmt_quality,
-                      _generation_rows, _groups, _noisy, _num, _qualities, _quality_digits, _quality_matrix,
-                      _quality_unit, _timing_cell, _timings, _what_was_timed, machine_labels)
+from .formatting import (DASH, GENERATION_COLUMNS, _concurrent, _fmt, _fmt_delta, _fmt_interval, _fmt_quality,
+                         _generation_rows, _groups, _noisy, _num, _qualities, _quality_digits, _quality_matrix,
+                         _quality_unit, _timing_cell, _timings, _what_was_timed, machine_labels)
+from .html_parts import _CSS, _as, _Safe, _scalar, _table, _two_lines, _value_html
+from .model import Quality, Report, Row, as_report
 from .plot_svg import _esc, _label, latency_chart, pareto_figure, size_chart
-
-# System font stack only: a web font would need a network fetch.
-_CSS = """
-body{font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;background:#fff;
- max-width:1180px;margin:1.5rem auto;padding:0 1rem}h1{margin-bottom:.2rem}.sub,.note,.empty{color:#59636e}
-h2{border-bottom:1px solid #d0d7de;padding-bottom:.3rem;margin-top:2rem}.scroll{overflow-x:auto}
-table{border-collapse:collapse;margin:.5rem 0 1rem}td.noisy,td.busy,.warn{color:#9a6700}
-th,td{border:1px solid #d0d7de;padding:.25rem .45rem;text-align:left;vertical-align:top}
-th,td.key{background:#f6f8fa;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
-td small,th small,.rec small{display:block;color:#59636e;font-size:12px}td.num,td small{white-space:nowrap}td small.verdict{white-space:normal}
-.ok{color:#1a7f37}.bad{color:#cf222e}
-.rec{border-left:4px solid #1a7f37;background:#f6fff8;padding:.5rem 1rem;margin:.8rem 0}
-.rec.none{border-color:#8c959f;background:#f6f8fa}.rec h3{margin:.2rem 0;font-size:13px;color:#59636e}
-.headline{font-size:16px;font-weight:600;margin:.2rem 0}.rec ul{margin:.3rem 0}
-ul.kv{margin:0;padding-left:1.1rem}details{margin:.3rem 0 1rem}summary{cursor:pointer;color:#0969da}
-figure{margin:.5rem 0}figcaption,ol.key{color:#59636e;font-size:12px}ol.key{columns:2;margin:.3rem 0}
-.sym{display:inline-block;width:9px;height:9px;border-radius:50%;margin-right:.3em;vertical-align:middle}
-.sym.pareto{background:#e45756}.sym.chosen{border:2px solid #1a7f37}.sym.busy{border:2px solid #bf8700}
-svg{width:100%;max-width:760px;height:auto;display:block;font-size:12px}svg text{fill:#1f2328}
-.bar{fill:#4c78a8}.bar.size{fill:#72b7b2}.whisker{stroke:#1f2328;stroke-width:1.5}.plabel{font-size:11px}
-.axis{stroke:#59636e}.grid{stroke:#eaeef2}.ref{stroke:#8c959f;stroke-dasharray:4 3}.err{stroke:#59636e;fill:none}
-.leader{stroke:#8c959f;stroke-width:.75}
-.point{fill:#8c959f;stroke:#fff}.point.pareto{fill:#e45756;stroke:#7a1f1a}.ring{fill:none;stroke-width:2}
-.ring.busy{stroke:#bf8700}.ring.chosen{stroke:#1a7f37}.pareto-line{fill:none;stroke:#e45756;stroke-width:1.5}
-"""
-
-
-class _Safe(str):
-    """Markup already escaped by this module."""
-
-
-def _as(value: Any, kind: type) -> Any:
-    # Hand-edited or truncated reports may hold null or the wrong type anywhere.
-    return value if isinstance(value, kind) else kind()
-
-
-def _h(value: Any) -> str:
-    return value if isinstance(value, _Safe) else _esc(value)
-
-
-def _table(header: list[str] | None, rows: list[list[tuple[Any, str]]]) -> str:
-    """rows hold (content, css class) pairs; content is escaped here unless it is _Safe."""
-    head = "".join(f"<th>{_h(h)}</th>" for h in header or [])
-    head = f"<thead><tr>{head}</tr></thead>" if head else ""
-    cell = lambda text, css: f'<td class="{css}">{_h(text)}</td>' if css else f"<td>{_h(text)}</td>"
-    body = "".join("<tr>" + "".join(cell(t, c) for t, c in row) + "</tr>" for row in rows)
-    return f'<div class="scroll"><table>{head}<tbody>{body}</tbody></table></div>'
-
-
-def _two_lines(main: str, detail: str) -> _Safe:
-    return _Safe(_esc(main) + (f"<small>{_esc(detail)}</small>" if detail else ""))
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return DASH if value is None or value == "" else str(value)
-
-
-def _value_html(value: Any) -> _Safe:
-    """Nested settings as nested lists of "key value" pairs: a Python repr such as {'a': 1} is not for people."""
-    if isinstance(value, dict):
-        if not value:
-            return _Safe(DASH)
-        items = "".join(f"<li><strong>{_esc(k)}</strong> {_value_html(v)}</li>" for k, v in value.items())
-        return _Safe(f'<ul class="kv">{items}</ul>')
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return _Safe("none")
-        if not any(isinstance(v, (dict, list, tuple)) for v in value):
-            return _Safe(_esc(", ".join(_scalar(v) for v in value)))
-        return _Safe('<ul class="kv">' + "".join(f"<li>{_value_html(v)}</li>" for v in value) + "</ul>")
-    return _Safe(_esc(_scalar(value)))
 
 
 def _shape(batch: Any, seq_len: Any) -> str:
@@ -96,22 +25,22 @@ def _shape(batch: Any, seq_len: Any) -> str:
 
 # --- what to ship -------------------------------------------------------------------------------
 
-def _match(choice: dict, rows: list[dict]) -> dict | None:
+def _match(choice: dict, rows: list[Row]) -> Row | None:
     """The result row a recommendation is about; machine_labels may have appended the machine to the variant."""
     names = {str(choice.get("variant")), f"{choice.get('variant')} @ {choice.get('machine')}"}
     for row in rows:
-        if (str(row.get("variant")) in names and row.get("runtime") == choice.get("runtime")
-                and row.get("batch") == choice.get("batch") and row.get("seq_len") == choice.get("seq_len")
-                and row.get("machine") in (None, choice.get("machine"))):
+        if (str(row.variant) in names and row.runtime == choice.get("runtime")
+                and row.batch == choice.get("batch") and row.seq_len == choice.get("seq_len")
+                and row.machine in (None, choice.get("machine"))):
             return row
     return None
 
 
-def _busy_reasons(row: dict | None) -> list[str]:
-    return [str(r) for r in _as((row or {}).get("busy_reasons"), list)] or ["no reason recorded"]
+def _busy_reasons(row: Row | None) -> list[str]:
+    return [str(r) for r in _as(row and row.busy_reasons, list)] or ["no reason recorded"]
 
 
-def _choice_html(choice: dict, row: dict | None, show_machine: bool) -> str:
+def _choice_html(choice: dict, row: Row | None, show_machine: bool) -> str:
     where = ([f"machine {choice['machine']}"] if show_machine and choice.get("machine") else []) + \
         [_shape(choice.get("batch"), choice.get("seq_len"))]
     headline = choice.get("headline")
@@ -123,7 +52,7 @@ def _choice_html(choice: dict, row: dict | None, show_machine: bool) -> str:
             headline += f": {speed:.2f}× {choice.get('vs') or 'PyTorch fp32'}" + (f" ({interval})" if interval else "")
         headline += f", {quality['phrase']}" if quality.get("phrase") else ""
     out = [f'<div class="rec"><h3>{_esc(" · ".join(where))}</h3><p class="headline">{_esc(headline)}</p>']
-    if _as((row or {}).get("busy_reasons"), list):  # the chosen row itself; others' marks are among the reasons
+    if _as(row and row.busy_reasons, list):  # the chosen row itself; others' marks are among the reasons
         out.append(f'<p class="warn">⚠ measured while the machine was busy: {_esc("; ".join(_busy_reasons(row)))}</p>')
     reasons = [str(r) for r in _as(choice.get("reasons"), list)]
     if reasons:
@@ -134,9 +63,9 @@ def _choice_html(choice: dict, row: dict | None, show_machine: bool) -> str:
     return "".join(out) + "</div>"
 
 
-def _recommendation(report: dict, results: list[dict]) -> tuple[list[str], set]:
+def _recommendation(report: Report, results: list[Row]) -> tuple[list[str], set]:
     """The section, and the id()s of the recommended rows (marked in the tables and the plot)."""
-    rec = _as(report.get("recommendation"), dict)
+    rec = _as(report.recommendation, dict)
     choices = [c for c in _as(rec.get("choices"), list) if isinstance(c, dict)]
     if not rec:
         return [], set()
@@ -147,7 +76,7 @@ def _recommendation(report: dict, results: list[dict]) -> tuple[list[str], set]:
         out.append(f'<p class="note">{_esc(basis[0].upper() + basis[1:])}; speed-ups are medians of interleaved '
                    "timing rounds with their 95 % intervals.</p>")
     matched = [(c, _match(c, results)) for c in choices]
-    machines = {str(m) for m in [c.get("machine") for c in choices] + [r.get("machine") for r in results]
+    machines = {str(m) for m in [c.get("machine") for c in choices] + [r.machine for r in results]
                 if m is not None}
     out += [_choice_html(c, row, len(machines) > 1) for c, row in matched]
     if not choices:
@@ -155,9 +84,9 @@ def _recommendation(report: dict, results: list[dict]) -> tuple[list[str], set]:
     return out, {id(row) for _, row in matched if row is not None}
 
 
-def _threads_note(report: dict) -> list[str]:
+def _threads_note(report: Report) -> list[str]:
     """Why the run used the thread count it did, when it chose one: it bears on every number below."""
-    threads = _as(_as(report.get("settings"), dict).get("threads_choice"), dict)
+    threads = _as(_as(report.settings, dict).get("threads_choice"), dict)
     if not threads:
         return []
     reason = f" — {_esc(threads['reason'])}" if threads.get("reason") else ""
@@ -166,7 +95,7 @@ def _threads_note(report: dict) -> list[str]:
 
 # --- tables -------------------------------------------------------------------------------------
 
-def _metrics(rows: list[dict]) -> list[str]:
+def _metrics(rows: list[Row]) -> list[str]:
     metrics: list[str] = []
     for row in rows:
         metrics += [m for m in _qualities(row) if m not in metrics]
@@ -174,15 +103,15 @@ def _metrics(rows: list[dict]) -> list[str]:
 
 
 def _quality_cell(quality: Any, factor: float, unit: str) -> _Safe | str:
-    if not isinstance(quality, dict):
+    if not isinstance(quality, Quality):
         return DASH
-    value = _fmt(quality.get("value"), _quality_digits(quality))
-    interval = _fmt_interval(quality.get("interval"), _quality_digits(quality))
+    value = _fmt(quality.value, _quality_digits(quality))
+    interval = _fmt_interval(quality.interval, _quality_digits(quality))
     lines = [_esc(value + (f" ({interval})" if interval else ""))]
     delta = _fmt_delta(quality, factor, unit)
     if delta:
         lines.append(f"<small>{_esc(delta)}</small>")
-    verdict = _as(quality.get("verdict"), dict)
+    verdict = _as(quality.verdict, dict)
     if verdict.get("phrase"):
         css = "ok" if verdict.get("qualifies") is True else "bad" if verdict.get("qualifies") is False else ""
         lines.append(f'<small class="{css} verdict">{_esc(verdict["phrase"])}</small>')
@@ -201,11 +130,11 @@ def _quality_short(quality: Any) -> _Safe | str:
     return _two_lines(value, delta.rstrip(")"))
 
 
-def _marks(row: dict, chosen: set, busy_notes: list[str]) -> _Safe:
+def _marks(row: Row, chosen: set, busy_notes: list[str]) -> _Safe:
     """The note cell; a busy row gets a numbered footnote (printed under the table) and its reasons as a tooltip."""
     html_marks = ['<span class="ok">★ recommended</span>'] if id(row) in chosen else []
     html_marks += [f'<span class="warn">{_esc(_noisy(row))}</span>'] if _noisy(row) else []
-    if row.get("busy") is True:
+    if row.busy is True:
         reasons = "; ".join(_busy_reasons(row))
         busy_notes.append(f"{_label(row)}: measured while the machine was busy ({reasons})")
         html_marks.append(f'<span class="warn" title="{_esc(reasons)}">⚠ busy<sup>{len(busy_notes)}</sup></span>')
@@ -216,22 +145,22 @@ def _footnotes(notes: list[str]) -> str:
     return ('<ol class="note">' + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ol>") if notes else ""
 
 
-def _summary(rows: list[dict], chosen: set) -> str:
+def _summary(rows: list[Row], chosen: set) -> str:
     metrics = _metrics(rows)
     units = {m: _quality_unit([_qualities(r).get(m) for r in rows]) for m in metrics}
     cells, notes = [], []
     for row in rows:
         quals = _qualities(row)
-        speed = _two_lines(_fmt(row.get("speedup_vs_fp32"), 2, "×"), _fmt_interval(row.get("speedup_interval")))
-        cells.append([(row.get("variant"), "key"), (row.get("runtime"), ""), (speed, "num")]
+        speed = _two_lines(_fmt(row.speedup, 2, "×"), _fmt_interval(row.speedup_interval))
+        cells.append([(row.variant, "key"), (row.runtime, ""), (speed, "num")]
                      + [(_quality_cell(quals.get(m), *units[m]), "num") for m in metrics]
-                     + [(_fmt(row.get("size_mb"), 1), "num"), (_marks(row, chosen, notes), "")])
+                     + [(_fmt(row.size_mb, 1), "num"), (_marks(row, chosen, notes), "")])
     header = ["variant", "runtime", _Safe("speed-up<small>95 % interval</small>")] + metrics + ["size MB", "note"]
     return _table(header, cells) + _footnotes(notes)
 
 
-def _load_text(row: dict) -> str:
-    load = _as(row.get("load"), dict)
+def _load_text(row: Row) -> str:
+    load = _as(row.load, dict)
     parts = []
     for when in ("before", "after"):
         sample = _as(load.get(when), dict)
@@ -243,31 +172,30 @@ def _load_text(row: dict) -> str:
     return "; ".join(parts) or DASH
 
 
-def _results(rows: list[dict], _shape_text: str = "") -> str:
+def _results(rows: list[Row], _shape_text: str = "") -> str:
     """The numbers that decide, in one table that fits the page; the rest in a second, folded one."""
     metrics, timings = _metrics(rows), _timings(rows)
-    concurrent = any(isinstance(r.get("concurrent"), dict) for r in rows)
+    concurrent = any(isinstance(r.concurrent, dict) for r in rows)
     main, more = [], []
     for row in rows:
-        lat, quals = _as(row.get("latency_ms"), dict), _qualities(row)
+        lat, quals = _as(row.latency_ms, dict), _qualities(row)
         numbers = [_fmt(lat.get("p50")),
-                   _two_lines(_fmt(row.get("speedup_vs_fp32"), 2, "×"), _fmt_interval(row.get("speedup_interval"))),
-                   _two_lines(_fmt(row.get("speedup_vs_runtime_fp32"), 2, "×"),
-                              _fmt_interval(row.get("speedup_vs_runtime_fp32_interval")))]
+                   _two_lines(_fmt(row.speedup, 2, "×"), _fmt_interval(row.speedup_interval)),
+                   _two_lines(_fmt(row.runtime_speedup, 2, "×"), _fmt_interval(row.runtime_speedup_interval))]
         numbers += [_stacked(_concurrent(row))] if concurrent else []
         numbers += [_stacked(_timing_cell(row, timing)) for timing in timings]
-        numbers += [_fmt(row.get("rss_delta_mb"), 0), _fmt(row.get("load_s"), 2), _fmt(row.get("size_mb"), 1)]
-        main.append([(row.get("variant"), "key"), (row.get("runtime"), "")] + [(n, "num") for n in numbers]
+        numbers += [_fmt(row.rss_delta_mb, 0), _fmt(row.load_s, 2), _fmt(row.size_mb, 1)]
+        main.append([(row.variant, "key"), (row.runtime, "")] + [(n, "num") for n in numbers]
                     + [(_quality_short(quals.get(m)), "num") for m in metrics]
-                    + [(_noisy(row) or ("⚠ busy" if row.get("busy") is True else ""), "noisy")])
-        cv = _num(row.get("cv"))
-        more.append([(row.get("variant"), "key"), (row.get("runtime"), ""), (row.get("precision"), "")]
+                    + [(_noisy(row) or ("⚠ busy" if row.busy is True else ""), "noisy")])
+        cv = _num(row.cv)
+        more.append([(row.variant, "key"), (row.runtime, ""), (row.precision, "")]
                     + [(text, "num") for text in (_fmt(lat.get("p90")), _fmt(lat.get("p99")),
-                                                  _fmt(row.get("throughput_per_s"), 1),
+                                                  _fmt(row.throughput_per_s, 1),
                                                   DASH if cv is None else f"{cv * 100:.1f} %",
-                                                  _fmt(row.get("rounds"), 0), _fmt(row.get("iterations"), 0),
-                                                  _fmt(row.get("peak_rss_mb"), 0))]
-                    + [(_load_text(row), ""), ("; ".join(_as(row.get("busy_reasons"), list)) or DASH, "")])
+                                                  _fmt(row.rounds, 0), _fmt(row.iterations, 0),
+                                                  _fmt(row.peak_rss_mb, 0))]
+                    + [(_load_text(row), ""), ("; ".join(_as(row.busy_reasons, list)) or DASH, "")])
     header = (["variant", "runtime", "p50 ms", "speed-up", "vs runtime fp32"]
               + (["concurrent/s"] if concurrent else []) + [f"{t} p50 ms" for t in timings]
               + ["memory MB", "load s", "size MB"] + metrics + ["note"])
@@ -277,7 +205,7 @@ def _results(rows: list[dict], _shape_text: str = "") -> str:
             "peak RSS, machine load</summary>" + _table(details, more) + "</details>")
 
 
-def _quality_by_variant(report: dict, results: list[dict]) -> list[str]:
+def _quality_by_variant(report: Report, results: list[Row]) -> list[str]:
     metrics, columns, cells = _quality_matrix(results)
     if len(columns) <= 1 or not metrics:
         return []
@@ -286,7 +214,7 @@ def _quality_by_variant(report: dict, results: list[dict]) -> list[str]:
     units = {m: _quality_unit([cells.get((m, v)) for v, _ in columns]) for m in metrics}
     rows = [[(v, "key"), (r, "")] + [(_quality_cell(cells.get((m, v)), *units[m]), "num") for m in metrics]
             for v, r in columns]
-    described = _as(report.get("metrics"), dict)
+    described = _as(report.metrics, dict)
     notes = "".join(f"<li><strong>{_esc(m)}</strong>: {_esc(described[m])}</li>" for m in metrics if described.get(m))
     return (["<h2>Quality by variant</h2>",
              '<p class="note">Each variant on the first runtime it ran on; Δ is to PyTorch fp32 (0..1 scores in '
@@ -297,12 +225,12 @@ def _quality_by_variant(report: dict, results: list[dict]) -> list[str]:
 
 # --- charts -------------------------------------------------------------------------------------
 
-def _plot_metric(report: dict, rows: list[dict]) -> str | None:
+def _plot_metric(report: Report, rows: list[Row]) -> str | None:
     """The recommendation's metric when the rows have it, else the rows' primary quality."""
-    judged = _as(report.get("recommendation"), dict).get("judged_on")
+    judged = _as(report.recommendation, dict).get("judged_on")
     if judged and any(str(judged) in _qualities(r) for r in rows):
         return str(judged)
-    primary = [_as(r.get("quality"), dict).get("metric") for r in rows]
+    primary = [r.quality.metric if isinstance(r.quality, Quality) else None for r in rows]
     return next((str(m) for m in primary if m is not None), next(iter(_metrics(rows)), None))
 
 
@@ -335,29 +263,29 @@ def _machine_rows(machine: dict) -> list[list[tuple[Any, str]]]:
     return rows
 
 
-def _setup(report: dict) -> list[str]:
-    model = _as(report.get("model"), dict)
+def _setup(report: Report) -> list[str]:
+    model = _as(report.model, dict)
     out = ["<h2>Model</h2>", _table(None, [[(str(k).replace("_", " "), "key"), (_value_html(v), "")]
                                            for k, v in model.items() if v not in (None, "")])] if model else []
-    machines = {str(k): v for k, v in _as(report.get("machines"), dict).items() if isinstance(v, dict)}
+    machines = {str(k): v for k, v in _as(report.machines, dict).items() if isinstance(v, dict)}
     if len(machines) > 1:
         out.append("<h2>Machines</h2>")
         for name, machine in machines.items():
             out += [f"<h3>{_esc(name)}</h3>", _table(None, _machine_rows(machine))]
     else:
-        out += ["<h2>Machine</h2>", _table(None, _machine_rows(_as(report.get("machine"), dict)))]
-    settings = _as(report.get("settings"), dict)
+        out += ["<h2>Machine</h2>", _table(None, _machine_rows(_as(report.machine, dict)))]
+    settings = _as(report.settings, dict)
     if settings:
         rows = [[(key, "key"), (_value_html(value), "")] for key, value in settings.items()]
         out += ["<h2>Settings</h2>", _table(None, rows)]
-    plan = _as(report.get("plan"), dict)
+    plan = _as(report.plan, dict)
     if plan:
         rows = [[(key, "key"), (_value_html(value), "")] for key, value in plan.items()]
         out += ["<details><summary>The plan as given</summary>", _table(None, rows), "</details>"]
     return out
 
 
-def _per_shape(title: str, groups: list, render: Callable[[list[dict], str], str],
+def _per_shape(title: str, groups: list, render: Callable[[list[Row], str], str],
                note: str = "") -> list[str]:
     """One section with a sub-heading and one rendering per (batch, seq_len)."""
     if not groups:
@@ -368,14 +296,14 @@ def _per_shape(title: str, groups: list, render: Callable[[list[dict], str], str
     return out
 
 
-def render_html(report: dict) -> str:
-    """Return the report as a complete, offline, single-file HTML document."""
-    report = machine_labels(_as(report, dict))
-    results = [r for r in _as(report.get("results"), list) if isinstance(r, dict)]
-    model = _as(report.get("model"), dict)
+def render_html(report: Report | dict) -> str:
+    """Return the report (a Report, or report.json as read) as a complete, offline, single-file HTML document."""
+    report = machine_labels(as_report(report))
+    results = report.results
+    model = _as(report.model, dict)
     source, task = model.get("source") or "unknown model", model.get("task")
-    parts = (task, report.get("created") and f"created {report['created']}",
-             report.get("qdeploy_version") and f"qdeploy {report['qdeploy_version']}")
+    parts = (task, report.created and f"created {report.created}",
+             report.version and f"qdeploy {report.version}")
     subtitle = " · ".join(_esc(p) for p in parts if p)
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -396,14 +324,14 @@ def render_html(report: dict) -> str:
                       "memory MB is what loading the variant added to the process (RSS delta); load s the time to "
                       "load it. The folded table holds tail latency, timing spread and the machine's load.")
     out += _per_shape("Latency", groups, latency_chart, "Bars show p50 latency; the thin whisker ends at p90.")
-    out += ["<h2>Model size</h2>", size_chart(_as(report.get("variants"), list))]
+    out += ["<h2>Model size</h2>", size_chart(_as(report.variants, list))]
     generation = [[(cell, "") for cell in row] for row in _generation_rows(results)]
     if generation:
         out += ["<h2>Generation</h2>", _table(GENERATION_COLUMNS, generation)]
     timed = [[(column, "key"), (runtimes, ""), (what, "")] for column, runtimes, what in _what_was_timed(results)]
     if timed:
         out += ["<h2>What was timed</h2>", _table(["numbers", "runtimes", "what the clock covered"], timed)]
-    skipped = [e for e in _as(report.get("skipped"), list) if isinstance(e, dict)]
+    skipped = [e for e in _as(report.skipped, list) if isinstance(e, dict)]
     rows = [[(e.get("variant"), ""), (e.get("runtime"), ""), (e.get("reason"), "")] for e in skipped]
     out += ["<h2>Skipped</h2>", _table(["variant", "runtime", "reason"], rows) if rows
             else '<p class="empty">Nothing was skipped.</p>']

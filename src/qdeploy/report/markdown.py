@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._format import (DASH, machine_labels, GENERATION_COLUMNS, _generation_rows, _quality_matrix, _concurrent, _fmt, _fmt_quality, _groups, _noisy, _num, _qualities, _timing_cell,
-                      _timings, _what_was_timed, speedup_text)
+from .formatting import (DASH, GENERATION_COLUMNS, _concurrent, _fmt, _fmt_quality, _generation_rows, _groups,
+                         _noisy, _num, _qualities, _quality_matrix, _timing_cell, _timings, _what_was_timed,
+                         machine_labels, speedup_text)
+from .model import Quality, Report, Row, as_report
 
 _FIXED_COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
                   "throughput/s", "speed-up", "vs runtime fp32", "concurrent/s", "size MB", "peak RSS MB"]
@@ -33,7 +35,7 @@ def _md(value: Any) -> str:
     return " ".join(text.splitlines())
 
 
-def _metrics(rows: list[dict]) -> list[str]:
+def _metrics(rows: list[Row]) -> list[str]:
     metrics: list[str] = []
     for row in rows:
         for metric in _qualities(row):
@@ -44,30 +46,30 @@ def _metrics(rows: list[dict]) -> list[str]:
 
 def _quality_cell(quality: Any) -> str:
     """Value, its 95 % interval, Δ to fp32 and the paired test's p: what "within tolerance" was judged on."""
-    if not isinstance(quality, dict):
+    if not isinstance(quality, Quality):
         return DASH
     text = _fmt_quality(quality)
-    interval = quality.get("interval")
+    interval = quality.interval
     if isinstance(interval, list) and len(interval) == 2:
-        digits = 4 if abs(_num(quality.get("value")) or 0) <= 1 else 2
+        digits = 4 if abs(_num(quality.value) or 0) <= 1 else 2
         text += f" [{_fmt(interval[0], digits)}, {_fmt(interval[1], digits)}]"
-    paired = _dict(quality.get("paired"))
+    paired = _dict(quality.paired)
     if _num(paired.get("p")) is not None:
         text += f" p={paired['p']:.2g}"
-    if _dict(quality.get("verdict")).get("qualifies") is False:
+    if _dict(quality.verdict).get("qualifies") is False:
         text += " ✗"
     return text
 
 
-def _note(row: dict) -> str:
-    notes = [_noisy(row)] if row.get("noisy") and not row.get("busy_reasons") else []
-    if row.get("busy_reasons"):
-        notes.append("⚠ busy: " + "; ".join(map(str, row["busy_reasons"])))
+def _note(row: Row) -> str:
+    notes = [_noisy(row)] if row.noisy and not row.busy_reasons else []
+    if row.busy_reasons:
+        notes.append("⚠ busy: " + "; ".join(map(str, row.busy_reasons)))
     return " ".join(notes)
 
 
-def _recommendation(report: dict) -> list[str]:
-    recommendation = _dict(report.get("recommendation"))
+def _recommendation(report: Report) -> list[str]:
+    recommendation = _dict(report.recommendation)
     choices = [c for c in _list(recommendation.get("choices")) if isinstance(c, dict)]
     if not choices:
         return []
@@ -77,26 +79,26 @@ def _recommendation(report: dict) -> list[str]:
                   "speed-ups are medians of per-round ratios from interleaved rounds, with 95 % intervals.", ""]
     for choice in choices:
         where = f"batch {_md(choice.get('batch'))} · seq_len {_md(choice.get('seq_len'))}"
-        if len(_dict(report.get("machines"))) > 1:
+        if len(_dict(report.machines)) > 1:
             where = f"{_md(choice.get('machine'))} · " + where
         lines.append(f"- **{where}: {_md(choice.get('headline'))}**")
         lines += [f"  - {_md(reason)}" for reason in _list(choice.get("reasons"))]
     return lines + [""]
 
 
-def _row_cells(row: dict, metrics: list[str], timings: list[str]) -> list[str]:
-    latency = _dict(row.get("latency_ms"))
+def _row_cells(row: Row, metrics: list[str], timings: list[str]) -> list[str]:
+    latency = _dict(row.latency_ms)
     qualities = _qualities(row)
-    return [_md(row.get("variant")), _md(row.get("runtime")), _md(row.get("precision")),
+    return [_md(row.variant), _md(row.runtime), _md(row.precision),
             _fmt(latency.get("p50")), _fmt(latency.get("p90")), _fmt(latency.get("p99")),
-            _fmt(row.get("throughput_per_s"), 1), speedup_text(row, "×", "–", missing=DASH),
-            _fmt(row.get("speedup_vs_runtime_fp32"), 2, "×"), _concurrent(row),
-            _fmt(row.get("size_mb"), 1), _fmt(row.get("peak_rss_mb"), 0)] + \
+            _fmt(row.throughput_per_s, 1), speedup_text(row.speedup, row.speedup_interval, "×", "–", missing=DASH),
+            _fmt(row.runtime_speedup, 2, "×"), _concurrent(row),
+            _fmt(row.size_mb, 1), _fmt(row.peak_rss_mb, 0)] + \
         [_timing_cell(row, timing) for timing in timings] + \
         [_md(_quality_cell(qualities.get(metric))) for metric in metrics] + [_md(_note(row))]
 
 
-def _table(rows: list[dict]) -> list[str]:
+def _table(rows: list[Row]) -> list[str]:
     metrics, timings = _metrics(rows), _timings(rows)
     header = _FIXED_COLUMNS + [f"{_md(t)} p50 ms" for t in timings] + [_md(metric) for metric in metrics] + ["note"]
     align = [":---" if name in _TEXT_COLUMNS else "---:" for name in header]
@@ -152,7 +154,7 @@ def _settings(settings: dict) -> list[str]:
     return ["## Settings", ""] + [f"- **{_md(key)}:** {_md(_plain(value))}" for key, value in settings.items()]
 
 
-def _timed(results: list) -> list[str]:
+def _timed(results: list[Row]) -> list[str]:
     entries = _what_was_timed(results)
     if not entries:
         return []
@@ -173,24 +175,23 @@ def _skipped(skipped: list) -> list[str]:
     return lines
 
 
-def render_markdown(report: dict) -> str:
-    """Return the report as a Markdown document (ends with a newline)."""
-    report = machine_labels(_dict(report))
-    model = _dict(report.get("model"))
+def render_markdown(report: Report | dict) -> str:
+    """Return the report (a Report, or report.json as read) as a Markdown document (ends with a newline)."""
+    report = machine_labels(as_report(report))
+    model = _dict(report.model)
     title = f"# qdeploy report — {_md(model.get('source') or 'unknown model')}"
     if model.get("task"):
         title += f" ({_md(model['task'])})"
-    meta = [f"{label} {_md(report[key])}" for key, label in
-            (("created", "created"), ("qdeploy_version", "qdeploy"), ("schema", "schema"))
-            if report.get(key)]
+    meta = [f"{label} {_md(value)}" for value, label in
+            ((report.created, "created"), (report.version, "qdeploy"), (report.schema, "schema")) if value]
     if model.get("sha256"):
         meta.append(f"model sha256 `{_md(str(model['sha256'])[:12])}`")
     lines = [title, ""] + ([" · ".join(meta), ""] if meta else [])
     lines += _recommendation(report)
 
-    lines += _timed(_list(report.get("results")))
+    lines += _timed(report.results)
     lines += ["## Results", ""]
-    groups = _groups(_list(report.get("results")))
+    groups = _groups(report.results)
     if not groups:
         lines += ["There are no benchmark results to show.", ""]
     else:
@@ -200,21 +201,21 @@ def render_markdown(report: dict) -> str:
                   "beyond the tolerance.", ""]
     for (batch, seq_len), rows in groups:
         lines += [f"### batch {_md(batch)} · seq_len {_md(seq_len)}", ""] + _table(rows) + [""]
-    metrics, columns, cells = _quality_matrix(_list(report.get("results")))
+    metrics, columns, cells = _quality_matrix(report.results)
     if len(columns) > 1 and metrics:
         lines += ["## Quality by variant", "", "Each variant on the first runtime it ran on; Δ is to PyTorch fp32.", "",
                   "| metric | " + " | ".join(f"{_md(v)} ({_md(r)})" for v, r in columns) + " |",
                   "|:---|" + "---:|" * len(columns)]
         lines += ["| " + _md(metric) + " | " + " | ".join(_md(_fmt_quality(cells.get((metric, v))))
                                                        for v, _ in columns) + " |" for metric in metrics] + [""]
-    generation = _generation_rows(_list(report.get("results")))
+    generation = _generation_rows(report.results)
     if generation:
         lines += ["## Generation", "", "Greedy decoding with the KV cache; TTFT is the prefill of the prompt. Decode "
                   "speed-up is relative to PyTorch eager fp32 at the same batch.", "",
                   "| " + " | ".join(GENERATION_COLUMNS) + " |",
                   "|" + "|".join(":---" if c in ("variant", "runtime") else "---:" for c in GENERATION_COLUMNS) + "|"]
         lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in generation] + [""]
-    lines += _skipped(_list(report.get("skipped"))) + [""]
-    lines += _machine(_dict(report.get("machine"))) + [""]
-    lines += _settings(_dict(report.get("settings")))
+    lines += _skipped(_list(report.skipped)) + [""]
+    lines += _machine(_dict(report.machine)) + [""]
+    lines += _settings(_dict(report.settings))
     return "\n".join(lines).rstrip() + "\n"

@@ -9,8 +9,9 @@ import html
 import math
 from typing import Any
 
-from ._format import (_delta_interval, _fmt_delta, _fmt_interval, _lower_is_better, _num, _pair, _qualities,
-                      _quality_unit)
+from .formatting import (_delta_interval, _fmt_delta, _fmt_interval, _lower_is_better, _num, _pair, _qualities,
+                         _quality_unit)
+from .model import Row
 
 _WIDTH = 760  # SVG viewBox width; CSS scales the chart to the page.
 _CHAR_W = 6.4  # average advance of an 11px system sans-serif glyph; label boxes are estimated from it
@@ -24,8 +25,8 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _label(row: dict) -> str:
-    return f"{row.get('variant') or '?'} / {row.get('runtime') or '?'}"
+def _label(row: Row) -> str:
+    return f"{row.variant or '?'} / {row.runtime or '?'}"
 
 
 def _svg(height: float, body: list[str], label: str) -> str:
@@ -85,17 +86,17 @@ def _spread(interval: tuple | None) -> tuple | None:
     return interval if interval and interval[1] - interval[0] > 1e-9 else None
 
 
-def _points(rows: list[dict], metric: str, chosen: set) -> list[dict]:
+def _points(rows: list[Row], metric: str, chosen: set) -> list[dict]:
     points = []
     for row in rows:
         quality = _qualities(row).get(metric)
-        x = _num(row.get("speedup_vs_fp32"))
-        delta = _num((quality or {}).get("delta"))
+        x = _num(row.speedup)
+        delta = _num(quality.delta if quality else None)
         if x is None or delta is None:
             continue
         points.append({"quality": quality, "x": x, "delta": delta, "name": _label(row),
-                       "x_err": _spread(_pair(row.get("speedup_interval"))), "d_err": _spread(_delta_interval(quality)),
-                       "busy": row.get("busy") is True, "chosen": id(row) in chosen})
+                       "x_err": _spread(_pair(row.speedup_interval)), "d_err": _spread(_delta_interval(quality)),
+                       "busy": row.busy is True, "chosen": id(row) in chosen})
     return points
 
 
@@ -141,7 +142,7 @@ def _obstacles(p: dict, sx, sy, factor: float) -> list[tuple]:
     return boxes
 
 
-def pareto_figure(rows: list[dict], shape: str, metric: str | None, chosen: set | None = None) -> str:
+def pareto_figure(rows: list[Row], shape: str, metric: str | None, chosen: set | None = None) -> str:
     """Speed-up (x) against the quality delta to fp32 (y) for one shape, with 95 % intervals as error bars on both
     axes, the Pareto front joined, and a numbered key below. `chosen` holds id()s of the recommended rows."""
     points = _points(rows, metric, chosen or set()) if metric else []
@@ -244,10 +245,10 @@ def _hbar_chart(items: list[tuple[str, float, float | None, str]], label: str,
     return _svg(12 + len(items) * row_h, body, label)
 
 
-def latency_chart(rows: list[dict], shape: str) -> str:
+def latency_chart(rows: list[Row], shape: str) -> str:
     items = []
     for row in rows:
-        lat = row.get("latency_ms") if isinstance(row.get("latency_ms"), dict) else {}
+        lat = row.latency_ms if isinstance(row.latency_ms, dict) else {}
         p50, p90 = _num(lat.get("p50")), _num(lat.get("p90"))
         if p50 is not None:
             text = f"{p50:.2f} ms" + (f" (p90 {p90:.2f})" if p90 is not None else "")

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._format import speedup_text
+from .formatting import speedup_text
+from .model import Quality, Report, Row, as_report
 
 BASELINE = "pytorch-fp32"
 # Simpler first: what a deployment has to install (onnxruntime ~20 MB, openvino ~60 MB, GPU stacks, then PyTorch).
@@ -53,67 +54,66 @@ class Recommendation:
         return asdict(self)
 
 
-def _is_fp32(row: dict) -> bool:
-    return row.get("precision") == "fp32"
+def _is_fp32(row: Row) -> bool:
+    return row.precision == "fp32"
 
 
-def _headline_quality(row: dict) -> dict | None:
-    q = row.get("quality")
-    return q if isinstance(q, dict) else None
+def _headline_quality(row: Row) -> Quality | None:
+    return row.quality if isinstance(row.quality, Quality) else None
 
 
-def _qualifies(row: dict) -> bool:
-    if row.get("variant") == BASELINE:
+def _qualifies(row: Row) -> bool:
+    if row.variant == BASELINE:
         return True
     q = _headline_quality(row)
     if q is None:
         return _is_fp32(row)  # an fp32 export is checked against PyTorch when it is made; nothing else is unjudged
-    verdict = q.get("verdict") or {}
+    verdict = q.verdict or {}
     return bool(verdict.get("qualifies", _is_fp32(row)))
 
 
-def _overlap(a: dict, b: dict) -> bool:
-    ia, ib = a.get("speedup_interval"), b.get("speedup_interval")
+def _overlap(a: Row, b: Row) -> bool:
+    ia, ib = a.speedup_interval, b.speedup_interval
     if not ia or not ib:
-        return a.get("speedup_vs_fp32") == b.get("speedup_vs_fp32")
+        return a.speedup == b.speedup
     return ia[0] <= ib[1] and ib[0] <= ia[1]
 
 
-def _simplicity(row: dict) -> int:
-    runtime = row.get("runtime")
+def _simplicity(row: Row) -> int:
+    runtime = row.runtime
     return RUNTIME_ORDER.index(runtime) if runtime in RUNTIME_ORDER else len(RUNTIME_ORDER)
 
 
-def _pick(rows: list[dict]) -> tuple[dict, list[dict]]:
+def _pick(rows: list[Row]) -> tuple[Row, list[Row]]:
     """The fastest row, or among those tied with it (overlapping intervals) the smallest, then the simplest."""
-    fastest = max(rows, key=lambda r: r["speedup_vs_fp32"])
+    fastest = max(rows, key=lambda r: r.speedup)
     tied = [r for r in rows if _overlap(r, fastest)]
-    winner = min(tied, key=lambda r: (r.get("size_mb") or float("inf"), _simplicity(r), -r["speedup_vs_fp32"]))
+    winner = min(tied, key=lambda r: (r.size_mb or float("inf"), _simplicity(r), -r.speedup))
     return winner, [r for r in tied if r is not winner]
 
 
-def _x(row: dict, against: str = "") -> str:
-    return speedup_text(row, against=against)
+def _x(row: Row, against: str = "") -> str:
+    return speedup_text(row.speedup, row.speedup_interval, against=against)
 
 
-def _points(q: dict, value: float) -> str:
-    if q.get("scale") in ("unit", "points"):
-        points = value * (100 if q["scale"] == "unit" else 1)
+def _points(q: Quality, value: float) -> str:
+    if q.scale in ("unit", "points"):
+        points = value * (100 if q.scale == "unit" else 1)
         return f"{points:+.1f} point{'s' * (abs(round(points, 1)) > 1)}"
     return f"{value:+.3g}"
 
 
-def _quality_text(q: dict | None) -> str:
-    if not q or q.get("delta") is None:
-        return "quality not measured" if not q else f"{q['metric']} {q['value']:.4g}"
-    if str(q.get("tolerance", "")).startswith(">="):  # a floor: the value itself is what is judged
-        return f"{q['metric']} {q['value']:.4f} (floor {q['tolerance'][2:].strip()})"
-    verdict = (q.get("verdict") or {}).get("phrase")
-    return f"{q['metric']} {_points(q, q['delta'])}" + (f", {verdict}" if verdict else "")
+def _quality_text(q: Quality | None) -> str:
+    if not q or q.delta is None:
+        return "quality not measured" if not q else f"{q.metric} {q.value:.4g}"
+    if str(q.tolerance).startswith(">="):  # a floor: the value itself is what is judged
+        return f"{q.metric} {q.value:.4f} (floor {q.tolerance[2:].strip()})"
+    verdict = (q.verdict or {}).get("phrase")
+    return f"{q.metric} {_points(q, q.delta)}" + (f", {verdict}" if verdict else "")
 
 
-def _name(row: dict) -> str:
-    return f"{row['variant']} on {row['runtime']}"
+def _name(row: Row) -> str:
+    return f"{row.variant} on {row.runtime}"
 
 
 def _machine_cause(machine: dict) -> str | None:
@@ -124,31 +124,31 @@ def _machine_cause(machine: dict) -> str | None:
     return None
 
 
-def _contrast(winner: dict, rows: list[dict], machine: dict) -> list[str]:
+def _contrast(winner: Row, rows: list[Row], machine: dict) -> list[str]:
     """The one or two facts a reader would ask about next: a faster variant that lost quality, and an int8 variant
     slower than its own runtime's fp32 (with the machine's part in it when that is the cause)."""
     reasons = []
-    others = [r for r in rows if _qualifies(r) and not _is_fp32(r) and r.get("runtime") != winner.get("runtime")]
+    others = [r for r in rows if _qualifies(r) and not _is_fp32(r) and r.runtime != winner.runtime]
     if others and not _is_fp32(winner):  # for a reader who cannot install the winner's runtime
-        best = max(others, key=lambda r: r["speedup_vs_fp32"])
-        reasons.append(f"best on {best['runtime']}: {best['variant']} {_x(best)}, "
+        best = max(others, key=lambda r: r.speedup)
+        reasons.append(f"best on {best.runtime}: {best.variant} {_x(best)}, "
                        f"{_quality_text(_headline_quality(best))}")
-    faster = [r for r in rows if not _qualifies(r) and r["speedup_vs_fp32"] > winner["speedup_vs_fp32"]]
+    faster = [r for r in rows if not _qualifies(r) and r.speedup > winner.speedup]
     if faster:
-        best = max(faster, key=lambda r: r["speedup_vs_fp32"])
+        best = max(faster, key=lambda r: r.speedup)
         reasons.append(f"{_name(best)} was faster ({_x(best)}) but did not qualify: "
                        f"{_quality_text(_headline_quality(best))}")
-    slower = [r for r in rows if not _is_fp32(r) and (r.get("speedup_vs_runtime_fp32_interval") or [1, 1])[1] < 1]
+    slower = [r for r in rows if not _is_fp32(r) and (r.runtime_speedup_interval or [1, 1])[1] < 1]
     if slower:
-        worst = min(slower, key=lambda r: r["speedup_vs_runtime_fp32"])
-        cause = _machine_cause(machine) if "int8" in str(worst.get("precision")) else None
-        reasons.append(f"{_name(worst)} was {_x(worst)} here, slower than {worst['runtime']}'s own fp32 "
-                       f"({worst['speedup_vs_runtime_fp32']:.2f}x)" + (f": {cause}" if cause else ""))
+        worst = min(slower, key=lambda r: r.runtime_speedup)
+        cause = _machine_cause(machine) if "int8" in str(worst.precision) else None
+        reasons.append(f"{_name(worst)} was {_x(worst)} here, slower than {worst.runtime}'s own fp32 "
+                       f"({worst.runtime_speedup:.2f}x)" + (f": {cause}" if cause else ""))
     return reasons
 
 
-def _choose(rows: list[dict], machine_name: str, machine: dict) -> Choice | None:
-    timed = [r for r in rows if r.get("speedup_vs_fp32") is not None]
+def _choose(rows: list[Row], machine_name: str, machine: dict) -> Choice | None:
+    timed = [r for r in rows if r.speedup is not None]
     if not timed:
         return None
     fp32 = [r for r in timed if _is_fp32(r) and _qualifies(r)]
@@ -172,37 +172,42 @@ def _choose(rows: list[dict], machine_name: str, machine: dict) -> Choice | None
         reasons.append("tied within intervals with " + ", ".join(f"{_name(r)} {_x(r)}" for r in tied)
                        + ": the tie goes to the smaller artifact, then the simpler runtime")
     reasons += _contrast(winner, timed, machine)
-    busy = [r for r in rows if r.get("busy_reasons")]
+    busy = [r for r in rows if r.busy_reasons]
     if busy:
-        reasons.append("timing was disturbed: " + "; ".join(dict.fromkeys(x for r in busy for x in r["busy_reasons"]))
+        reasons.append("timing was disturbed: " + "; ".join(dict.fromkeys(x for r in busy for x in r.busy_reasons))
                        + " (the ratios come from interleaved rounds, which cancel most of it)")
-    size = winner.get("size_mb")
-    reference = winner.get("speed_reference") or f"{BASELINE}@torch"
+    size = winner.size_mb
+    reference = winner.speed_reference or f"{BASELINE}@torch"
     against = "PyTorch fp32" if reference == f"{BASELINE}@torch" else reference.replace("@", " on ")
     headline = (f"ship {_name(winner)}: {_x(winner, against)}, {_quality_text(_headline_quality(winner))}"
                 + (f", {size:.0f} MB" if size is not None else ""))
     if fallback:
         headline += " (fp32: int8 is not worth it here)"
-    return Choice(machine=machine_name, batch=winner["batch"], seq_len=winner["seq_len"], variant=winner["variant"],
-                  runtime=winner["runtime"], format=winner.get("format"), precision=winner.get("precision"),
-                  fp32_fallback=fallback, speedup=winner["speedup_vs_fp32"], interval=winner.get("speedup_interval"),
+    return Choice(machine=machine_name, batch=winner.batch, seq_len=winner.seq_len, variant=winner.variant,
+                  runtime=winner.runtime, format=winner.format, precision=winner.precision,
+                  fp32_fallback=fallback, speedup=winner.speedup, interval=winner.speedup_interval,
                   vs=reference, size_mb=size, busy=bool(busy),
-                  quality=_headline_quality(winner), headline=headline, reasons=reasons,
+                  quality=_plain(_headline_quality(winner)), headline=headline, reasons=reasons,
                   tied_with=[_name(r) for r in tied])
 
 
-def recommend(report: dict) -> Recommendation:
-    rows = [r for r in report.get("results") or [] if isinstance(r, dict)]
-    machines = report.get("machines") or {}
-    groups: dict[tuple, list[dict]] = {}
+def _plain(quality: Quality | None) -> dict[str, Any] | None:
+    return None if quality is None else quality.to_dict()  # the recommendation is JSON as it has always been
+
+
+def recommend(report: Report | dict) -> Recommendation:
+    report = as_report(report)
+    rows = report.results
+    machines = report.machines or {}
+    groups: dict[tuple, list[Row]] = {}
     for row in rows:
-        groups.setdefault((row.get("machine") or "local", row.get("batch"), row.get("seq_len")), []).append(row)
+        groups.setdefault((row.machine or "local", row.batch, row.seq_len), []).append(row)
     choices = []
     for (machine_name, _, _), group in groups.items():
-        machine = machines.get(machine_name) or report.get("machine") or {}
+        machine = machines.get(machine_name) or report.machine or {}
         choice = _choose(group, machine_name, machine)
         if choice is not None:
             choices.append(choice)
     judged = next((q for r in rows if (q := _headline_quality(r))), None)
-    return Recommendation(judged_on=judged.get("metric") if judged else None,
-                          tolerance=judged.get("tolerance") if judged else None, choices=choices)
+    return Recommendation(judged_on=judged.metric if judged else None,
+                          tolerance=judged.tolerance if judged else None, choices=choices)

@@ -1,8 +1,13 @@
-"""Formatting shared by the Markdown, HTML and comparison renderers (standard library only)."""
+"""Formatting shared by the Markdown, HTML and comparison renderers, the terminal table and the package README
+(standard library only). Rows and qualities are the typed ones of `model`; their measurement dicts may still hold
+anything a hand-edited report put there, so every number goes through `_num`."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import replace
+from typing import Any, Callable
+
+from .model import Quality, Report, Row
 
 DASH = "–"
 
@@ -28,41 +33,41 @@ def _fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
     return f"{number:.{digits}f}{suffix}"
 
 
-def _quality_digits(quality: dict) -> int:
+def _quality_digits(quality: Quality) -> int:
     # Cosine-like scores sit in [0, 1], where the 3rd/4th decimal is the signal;
     # percent-scale scores (e.g. Spearman x100) would only show noise at 4 decimals; perplexities sit between.
-    for key in ("value", "fp32_value", "delta"):
-        number = _num(quality.get(key))
+    for value in (quality.value, quality.fp32_value, quality.delta):
+        number = _num(value)
         if number is not None:
             return 4 if abs(number) <= 1 else 3 if abs(number) < 10 else 2
     return 4
 
 
 def _fmt_quality(quality: Any) -> str:
-    if not isinstance(quality, dict):
+    if not isinstance(quality, Quality):
         return DASH
     digits = _quality_digits(quality)
-    text = _fmt(quality.get("value"), digits)
-    delta = _num(quality.get("delta"))
+    text = _fmt(quality.value, digits)
+    delta = _num(quality.delta)
     if delta is not None:
         text += f" (Δ {delta:+.{digits}f})"
     return text
 
 
-def _qualities(row: dict) -> dict[str, dict]:
+def _qualities(row: Row) -> dict[str, Quality]:
     # Older reports carry only the primary `quality`; newer ones list all of them in
     # `qualities`. Merge both so neither source is lost; the first mention wins.
-    found: dict[str, dict] = {}
-    for quality in _list(row.get("qualities")) + [row.get("quality")]:
-        if isinstance(quality, dict) and quality.get("metric") is not None:
-            found.setdefault(str(quality["metric"]), quality)
+    found: dict[str, Quality] = {}
+    for quality in _list(row.qualities) + [row.quality]:
+        if isinstance(quality, Quality) and quality.metric is not None:
+            found.setdefault(str(quality.metric), quality)
     return found
 
 
-def _noisy(row: dict) -> str:
-    if not row.get("noisy"):
+def _noisy(row: Row) -> str:
+    if not row.noisy:
         return ""
-    cv = _num(row.get("cv"))
+    cv = _num(row.cv)
     return f"⚠ cv {cv * 100:.0f}%" if cv is not None else "⚠ noisy"
 
 
@@ -71,28 +76,31 @@ def _shape_key(shape: tuple) -> tuple:
     return tuple((_num(part) is None, _num(part) or 0.0, str(part)) for part in shape)
 
 
-def machine_labels(report: dict) -> dict:
+def machine_labels(report: Report) -> Report:
     """A run over several machine types has each variant once per type: name the type beside the variant."""
-    rows = [r for r in report.get("results") or [] if isinstance(r, dict)]
-    if len({str(r.get("machine")) for r in rows}) <= 1:
+    rows = report.results
+    if len({str(r.machine) for r in rows}) <= 1:
         return report
-    return {**report, "results": [{**r, "variant": f"{r.get('variant')} @ {r.get('machine')}"} for r in rows]}
+    return replace(report, results=[replace(r, variant=f"{r.variant} @ {r.machine}") for r in rows])
 
 
-def _groups(results: list) -> list[tuple[tuple, list[dict]]]:
-    groups: dict[tuple, list[dict]] = {}
+def _row_shape(row: Row) -> tuple:
+    return row.batch, row.seq_len
+
+
+def _groups(results: list, shape: Callable[[Any], tuple] = _row_shape) -> list[tuple[tuple, list]]:
+    """Rows by (batch, seq_len), sorted; `shape` reads them from something other than a Row (compare's rows)."""
+    groups: dict[tuple, list] = {}
     for row in results:
-        if isinstance(row, dict):
-            # str() keeps a malformed (unhashable) batch or seq_len from breaking grouping.
-            shape = tuple(v if isinstance(v, (int, float, str, type(None))) else str(v)
-                          for v in (row.get("batch"), row.get("seq_len")))
-            groups.setdefault(shape, []).append(row)
+        # str() keeps a malformed (unhashable) batch or seq_len from breaking grouping.
+        key = tuple(v if isinstance(v, (int, float, str, type(None))) else str(v) for v in shape(row))
+        groups.setdefault(key, []).append(row)
     return sorted(groups.items(), key=lambda item: _shape_key(item[0]))
 
 
-def _concurrent(row: dict) -> str:
+def _concurrent(row: Row) -> str:
     """Items/s under concurrent streams, and its ratio to PyTorch fp32 measured the same way."""
-    data = row.get("concurrent")
+    data = row.concurrent
     if not isinstance(data, dict):
         return DASH
     text = _fmt(data.get("items_per_s"), 1)
@@ -104,16 +112,16 @@ def _timings(rows: list) -> list[str]:
     """Timings measured beside the model-only one (e.g. end-to-end), in the order rows first mention them."""
     names: list[str] = []
     for row in rows:
-        timings = row.get("timings") if isinstance(row, dict) else None
+        timings = row.timings
         for name in timings if isinstance(timings, dict) else {}:
             if name not in names:
                 names.append(str(name))
     return names
 
 
-def _timing_cell(row: dict, name: str) -> str:
+def _timing_cell(row: Row, name: str) -> str:
     """p50 of another timing, and its ratio to PyTorch fp32 timed the same way."""
-    timings = row.get("timings")
+    timings = row.timings
     data = timings.get(name) if isinstance(timings, dict) else None
     if not isinstance(data, dict):
         return DASH
@@ -133,14 +141,12 @@ def _what_was_timed(results: list) -> list[tuple[str, str, str]]:
                 runtimes.append(str(runtime))
 
     for row in results:
-        if not isinstance(row, dict):
-            continue
-        note("p50/p90/p99 ms, throughput/s", row.get("what"), row.get("runtime"))
-        timings = row.get("timings") if isinstance(row.get("timings"), dict) else {}
+        note("p50/p90/p99 ms, throughput/s", row.what, row.runtime)
+        timings = row.timings if isinstance(row.timings, dict) else {}
         for name, data in timings.items():
-            note(f"{name} p50 ms", data.get("what") if isinstance(data, dict) else None, row.get("runtime"))
-        concurrent = row.get("concurrent") if isinstance(row.get("concurrent"), dict) else {}
-        note("concurrent/s", concurrent.get("what"), row.get("runtime"))
+            note(f"{name} p50 ms", data.get("what") if isinstance(data, dict) else None, row.runtime)
+        concurrent = row.concurrent if isinstance(row.concurrent, dict) else {}
+        note("concurrent/s", concurrent.get("what"), row.runtime)
     return [(column, ", ".join(runtimes), what) for (column, what), runtimes in found.items()]
 
 
@@ -151,11 +157,11 @@ GENERATION_COLUMNS = ["variant", "runtime", "batch", "prompt", "new tokens", "TT
 def _generation_rows(results: list) -> list[list[str]]:
     """One row per variant, runtime and batch that has a generation measurement (text-generation runs)."""
     rows = []
-    for row in _list(results):
-        gen = row.get("generation") if isinstance(row, dict) else None
+    for row in results:
+        gen = row.generation
         if not isinstance(gen, dict):
             continue
-        rows.append([str(row.get("variant")), str(row.get("runtime")), str(gen.get("batch")),
+        rows.append([str(row.variant), str(row.runtime), str(gen.get("batch")),
                      str(gen.get("prompt_len")), str(gen.get("new_tokens")), _fmt(gen.get("ttft_ms")),
                      _fmt(gen.get("prefill_tokens_per_s"), 1), _fmt(gen.get("decode_tokens_per_s"), 1),
                      _fmt(gen.get("decode_speedup_vs_fp32"), 2, "×")])
@@ -168,34 +174,34 @@ def _quality_matrix(results: list) -> tuple[list[str], list[tuple[str, str]], di
     metrics: list[str] = []
     columns: list[tuple[str, str]] = []
     cells: dict = {}
-    for row in _list(results):
-        if not isinstance(row, dict) or any(v == row.get("variant") for v, _ in columns):
+    for row in results:
+        if any(v == row.variant for v, _ in columns):
             continue
-        columns.append((str(row.get("variant")), str(row.get("runtime"))))
+        columns.append((str(row.variant), str(row.runtime)))
         for metric, quality in _qualities(row).items():
             if metric not in metrics:
                 metrics.append(metric)
-            cells[(metric, str(row.get("variant")))] = quality
+            cells[(metric, str(row.variant))] = quality
     return metrics, columns, cells
 
 
-def _lower_is_better(quality: dict) -> bool:
+def _lower_is_better(quality: Quality) -> bool:
     """Perplexity-like metrics. The pipeline signs `gain` against `delta` for them; older reports only have a name."""
-    gain, delta = _num(quality.get("gain")), _num(quality.get("delta"))
+    gain, delta = _num(quality.gain), _num(quality.delta)
     if gain is not None and delta:
         return gain * delta < 0
-    name = str(quality.get("metric") or "").lower()
+    name = str(quality.metric or "").lower()
     return name == "kl" or any(word in name for word in ("perplexity", "loss", "error"))
 
 
 def _quality_unit(qualities: list) -> tuple[float, str]:
     """(factor, unit) that state one metric's numbers in its own units: a 0..1 score moves in points (x100), so a
     delta of -0.001 reads as -0.1 point; scores already x100 and perplexities stay as they are."""
-    found = [q for q in _list(qualities) if isinstance(q, dict)]
-    scales = {q.get("scale") for q in found if q.get("scale")}
+    found = [q for q in _list(qualities) if isinstance(q, Quality)]
+    scales = {q.scale for q in found if q.scale}
     if scales:  # reports since the scale is recorded say it; older ones are read from the values
         return (100.0, "pt") if scales == {"unit"} else (1.0, "")
-    values = [v for q in found for v in (_num(q.get("value")), _num(q.get("fp32_value"))) if v is not None]
+    values = [v for q in found for v in (_num(q.value), _num(q.fp32_value)) if v is not None]
     if values and not any(_lower_is_better(q) for q in found) and all(0.0 <= v <= 1.0 for v in values):
         return 100.0, "pt"
     return 1.0, ""
@@ -210,16 +216,15 @@ def _pair(value: Any) -> tuple[float, float] | None:
     return None
 
 
-def _delta_interval(quality: dict) -> tuple[float, float] | None:
+def _delta_interval(quality: Quality) -> tuple[float, float] | None:
     """The 95 % interval of a quality delta: only the paired one (same items, fp32 and variant). The variant's own
     interval shifted by the fp32 value would be wider and, for the baseline against itself, meaningless."""
-    paired = quality.get("paired") if isinstance(quality.get("paired"), dict) else {}
-    return _pair([paired.get("low"), paired.get("high")])
+    return _pair(quality.delta_interval)
 
 
-def _fmt_delta(quality: dict, factor: float, unit: str) -> str:
+def _fmt_delta(quality: Quality, factor: float, unit: str) -> str:
     """'Δ -0.10 pt (-0.40 to +0.20)' in the metric's own units; empty without a delta."""
-    delta = _num(quality.get("delta"))
+    delta = _num(quality.delta)
     if delta is None:
         return ""
     digits = 2 if factor != 1.0 else _quality_digits(quality)
@@ -239,10 +244,11 @@ def _fmt_interval(interval: Any, digits: int = 2, suffix: str = "") -> str:
     return f"{pair[0]:.{digits}f}–{pair[1]:.{digits}f}{suffix}"
 
 
-def speedup_text(row: dict, mark: str = "x", dash: str = "-", against: str = "", missing: str = "-") -> str:
-    """A row's speed-up with its 95 % interval: '1.47x (1.39-1.55)', or with `against` between them:
+def speedup_text(speedup: Any, interval: Any, mark: str = "x", dash: str = "-", against: str = "",
+                 missing: str = "-") -> str:
+    """A speed-up with its 95 % interval: '1.47x (1.39-1.55)', or with `against` between them:
     '1.47x PyTorch fp32 (1.39-1.55)'. The one spelling the terminal, package README and recommendation share."""
-    speed, interval = _num(row.get("speedup_vs_fp32")), _pair(row.get("speedup_interval"))
+    speed, interval = _num(speedup), _pair(interval)
     if not speed:
         return missing
     text = f"{speed:.2f}{mark}" + (f" {against}" if against else "")
