@@ -43,7 +43,8 @@ def main() -> None:
     torch.set_num_threads(threads)
 
     def embeddings(run) -> np.ndarray:
-        return np.concatenate([mean_pool(run(batch), batch["attention_mask"]) for batch in evaluation.encode(heldout, ctx)])
+        return np.concatenate([mean_pool(run(batch), batch["attention_mask"])
+                               for batch in evaluation.encode(heldout, ctx)])
 
     results, reference = [], None
 
@@ -54,7 +55,8 @@ def main() -> None:
         a = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         b = reference / np.linalg.norm(reference, axis=1, keepdims=True)
         m = measure_latency(run, inputs, scenario)
-        results.append({"name": name, "p50_ms": m.latency_ms["p50"], "cv": m.cv, "cosine": float((a * b).sum(1).mean())})
+        results.append({"name": name, "p50_ms": m.latency_ms["p50"], "cv": m.cv,
+                        "cosine": float((a * b).sum(1).mean())})
         print(f"  {name:42} p50 {m.latency_ms['p50']:8.2f} ms  cv {m.cv:.1%}", flush=True)
 
     model = AutoModel.from_pretrained(str(source.path)).eval()

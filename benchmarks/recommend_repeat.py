@@ -2,7 +2,8 @@
 
 Each run is a complete `qdeploy run` of the default plan (all-MiniLM-L6-v2) in its own process, as a user would start
 it; the runs share one artifact store, so the first one exports and quantizes and the later ones measure the very same
-files again (what is tested is the measurement and the decision, not the export). Prints, per batch size, each run's recommendation, then per variant and
+files again (what is tested is the measurement and the decision, not the export). Prints, per batch size, each
+run's recommendation, then per variant and
 runtime the three median speed-ups with their 95 % intervals, the spread of the medians, and whether every pair of
 intervals overlaps.
 """
@@ -47,7 +48,8 @@ def main() -> None:
         reports.append(json.loads((run_dir / "report.json").read_text()))
     machine = reports[0]["machine"]
     print(f"{machine['cpu_model']} ({machine.get('cpu_generation')}), {machine['cores_physical']} cores; "
-          f"threads {[r['settings']['threads'] for r in reports]}; runs took {', '.join(f'{s:.0f} s' for s in seconds)}")
+          f"threads {[r['settings']['threads'] for r in reports]}; "
+          f"runs took {', '.join(f'{s:.0f} s' for s in seconds)}")
     print()
     print("| batch | " + " | ".join(f"run {i + 1} recommends" for i in range(len(reports))) + " | same |")
     print("|---:|" + "---|" * len(reports) + ":---:|")

@@ -95,7 +95,8 @@ def test_staging_leaves_nothing_on_failure(tmp_path):
         (tmp / "model.xml").write_bytes(b"whole")
         finalize(tmp, Manifest(format="openvino", model_file="model.xml", precision="fp32", task="x", source={}))
     loaded = Artifact.load(target, verify=True)
-    assert loaded.manifest.files == {"model.xml": json.loads((target / "manifest.json").read_text())["files"]["model.xml"]}
+    written = json.loads((target / "manifest.json").read_text())
+    assert loaded.manifest.files == {"model.xml": written["files"]["model.xml"]}
     assert oct(os.stat(target).st_mode & 0o777) != oct(0o700)
     with pytest.raises(InputError, match="already exists"):
         with staging(target):

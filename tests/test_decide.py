@@ -76,7 +76,8 @@ def test_default_tolerance_per_metric_kind_and_plan_override():
     for name in ("bleu", "rouge"):
         assert (tolerance_for(name, plan).kind, tolerance_for(name, plan).amount) == ("absolute", 1.0)
     strict = from_dict({"tolerance": {"accuracy": 0.005}})
-    assert (tolerance_for("accuracy", strict).amount, tolerance_for("accuracy", strict).describe()) == (0.005, "0.5 point")
+    strict_accuracy = tolerance_for("accuracy", strict)
+    assert (strict_accuracy.amount, strict_accuracy.describe()) == (0.005, "0.5 point")
     with pytest.raises(ConfigError, match="tolerance"):
         from_dict({"tolerance": {"accuracy": "one point"}})
 

@@ -24,7 +24,8 @@ def stsb_head(tmp_path_factory):
 def _ctx(artifact):
     from transformers import AutoTokenizer
 
-    return evaluation.EvalContext(AutoTokenizer.from_pretrained(str(artifact.directory)), list(artifact.manifest.inputs))
+    tokenizer = AutoTokenizer.from_pretrained(str(artifact.directory))
+    return evaluation.EvalContext(tokenizer, list(artifact.manifest.inputs))
 
 
 @pytest.mark.parametrize("method", ["ort-dynamic", "ort-static"])

@@ -39,7 +39,8 @@ def model_copy(tmp_path):
 
 def test_directory_without_config(capsys, tmp_path):
     (tmp_path / "empty-model").mkdir()
-    code, err = run_cli(capsys, "export", "--model", tmp_path / "empty-model", "--format", "onnx", "--out", tmp_path / "o")
+    code, err = run_cli(capsys, "export", "--model", tmp_path / "empty-model", "--format", "onnx",
+                        "--out", tmp_path / "o")
     one_line_error(code, err, "has no config.json")
 
 

@@ -153,7 +153,8 @@ class Artifact:
             if not path.is_file():
                 raise InputError(f"artifact {self.directory}: file {rel} is missing")
             if sha256_file(path) != expected:
-                raise InputError(f"artifact {self.directory}: {rel} does not match its sha256 in the manifest; refusing to load")
+                raise InputError(f"artifact {self.directory}: {rel} does not match its sha256 in the manifest; "
+                                 "refusing to load")
 
 
 def check_onnx_external_data(model_path: Path) -> None:

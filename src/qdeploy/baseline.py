@@ -27,7 +27,8 @@ def baseline_artifact(source: models.ModelSource, task_name: str, input_names: l
     if get_task(task_name).generative:
         config = json.loads((source.path / "config.json").read_text())
         eos = config.get("eos_token_id")
-        runtime_config["decoder"] = {"pad_token_id": pad_token_id, "eos_token_id": eos if isinstance(eos, int) else None}
+        runtime_config["decoder"] = {"pad_token_id": pad_token_id,
+                                     "eos_token_id": eos if isinstance(eos, int) else None}
     if get_task(task_name).exporter == "seq2seq":
         runtime_config["seq2seq"] = {}  # PyTorch reads the start, pad and eos ids from the model's config
     manifest = Manifest(format="pytorch", model_file="config.json", precision="fp32", task=task_name,

@@ -15,30 +15,30 @@ EXAMPLES = {
   qdeploy export --model ../shared/models/minilm-l6-sst2 --format onnx --out sst2-onnx
   qdeploy export --model ../shared/models/minilm-l6-sst2 --task feature-extraction --drop-head --format openvino --out sst2-encoder-ov
   qdeploy export --model ../shared/models/stories260k --format openvino --out stories-ov
-""",
+""",  # noqa: E501 (one command a line, to copy and run)
     "quantize": """
   qdeploy quantize sst2-onnx --method ort-static --calibration ../shared/data/sst2/train-sample.tsv:sentence --out sst2-static
   qdeploy quantize sst2-onnx --method ort-dynamic --option per_channel=false --out sst2-dynamic
   qdeploy quantize stories-ov --method nncf-weight-int8 --out stories-int8
-""",
+""",  # noqa: E501 (one command a line, to copy and run)
     "bench": """
   qdeploy bench sst2-static --baseline torch --batch-sizes 1 --seq-len 64
   qdeploy bench sst2-static sst2-dynamic --baseline sst2-onnx --runtimes ort-cpu --batch-sizes 1,8 --out bench.json
-""",
+""",  # noqa: E501 (one command a line, to copy and run)
     "package": """
   qdeploy package sst2-static --out sst2-static.tar.gz
   qdeploy package runs/today --recommended --batch 1 --out ship
-""",
+""",  # noqa: E501 (one command a line, to copy and run)
     "compare": """
   qdeploy compare runs/zen3 runs/xeon --out compare
-""",
+""",  # noqa: E501 (one command a line, to copy and run)
     "inspect": """
   qdeploy inspect sst2-static --calibration ../shared/data/sst2/dev.tsv:sentence --out sst2-static.layers.json
-""",
+""",  # noqa: E501 (one command a line, to copy and run)
     "list": """
   qdeploy list
   qdeploy list ort-static
-""",
+""",  # noqa: E501 (one command a line, to copy and run)
 }
 
 
@@ -73,8 +73,10 @@ def add_commands(sub) -> None:
                    help="the one quantization method (see `qdeploy list`)")
     p.add_argument("--option", action="append", metavar="[METHOD.]KEY=VALUE",
                    help="a method option, e.g. per_channel=false or ort-static.per_channel=false (repeatable)")
-    p.add_argument("--calibration", default="builtin", metavar="SPEC", help="builtin, a text/TSV/CSV/JSONL file, or FILE:COLUMN")
-    p.add_argument("--calibration-samples", type=int, metavar="N", default=128, help="number of calibration samples (default 128)")
+    p.add_argument("--calibration", default="builtin", metavar="SPEC",
+                   help="builtin, a text/TSV/CSV/JSONL file, or FILE:COLUMN")
+    p.add_argument("--calibration-samples", type=int, metavar="N", default=128,
+                   help="number of calibration samples (default 128)")
     p.add_argument("--out", required=True, metavar="DIR", help="artifact directory to create")
 
     p = _sub(sub, "bench", "measure latency of artifacts on their runtimes, and their speed-up over a baseline",
@@ -85,44 +87,57 @@ def add_commands(sub) -> None:
                    help="torch: the PyTorch model the first artifact was exported from; or an artifact directory")
     p.add_argument("--runtimes", "--runtime", dest="runtimes", type=_csv(str), metavar="R1,R2",
                    help="comma-separated runtimes (default: every available runtime that supports the artifact)")
-    p.add_argument("--batch-sizes", type=_csv(int), metavar="1,8", default=[1, 8], help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--batch-sizes", type=_csv(int), metavar="1,8", default=[1, 8],
+                   help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--seq-len", type=int, metavar="N", default=128, help="tokens per input (default 128)")
     p.add_argument("--threads", type=int, metavar="N", help="threads per session (default: physical cores)")
     p.add_argument("--warmup", type=int, metavar="N", default=5, help="warm-up calls before timing (default 5)")
-    p.add_argument("--min-reps", type=int, metavar="N", default=20, help="minimum timed calls per measurement (default 20)")
-    p.add_argument("--min-time-s", type=float, metavar="S", default=2.0, help="minimum timed seconds per measurement (default 2)")
+    p.add_argument("--min-reps", type=int, metavar="N", default=20,
+                   help="minimum timed calls per measurement (default 20)")
+    p.add_argument("--min-time-s", type=float, metavar="S", default=2.0,
+                   help="minimum timed seconds per measurement (default 2)")
     p.add_argument("--rounds", type=int, metavar="N", default=15,
                    help="with --baseline: interleaved timing rounds (default 15, at least 6)")
     p.add_argument("--new-tokens", type=int, metavar="N",
                    help="text-generation: tokens decoded per request in the generation benchmark (default 64)")
-    p.add_argument("--timing", type=_csv(str), metavar="model[,end-to-end]", default=["model"], help="model and/or end-to-end (see `run --help`)")
+    p.add_argument("--timing", type=_csv(str), metavar="model[,end-to-end]", default=["model"],
+                   help="model and/or end-to-end (see `run --help`)")
     p.add_argument("--out", "--json", dest="out", metavar="FILE",
                    help="also write the measurements as JSON (with stdev, cv, what was timed and the speed-ups)")
 
     p = _sub(sub, "package", "make a self-contained deployment directory or .tar.gz from an artifact",
              "Copy an artifact with its manifest, its measurements and a README for its user into a directory or "
              "a .tar.gz, verified on the way.")
-    p.add_argument("artifact", metavar="ARTIFACT", help="an artifact directory (e.g. runs/<run>/artifacts/ort-static), or with "
-                                    "--recommended a run directory")
+    p.add_argument("artifact", metavar="ARTIFACT",
+                   help="an artifact directory (e.g. runs/<run>/artifacts/ort-static), or with "
+                        "--recommended a run directory")
     p.add_argument("--recommended", action="store_true", help="package the artifact the run's report recommends")
-    p.add_argument("--batch", type=int, metavar="N", help="with --recommended: the batch size whose recommendation to take")
-    p.add_argument("--out", required=True, metavar="DIR|FILE.tar.gz", help="directory to create, or a name ending in .tar.gz")
-    p.add_argument("--report", metavar="REPORT.json", help="report.json whose measurements to include (default: the artifact's run)")
+    p.add_argument("--batch", type=int, metavar="N",
+                   help="with --recommended: the batch size whose recommendation to take")
+    p.add_argument("--out", required=True, metavar="DIR|FILE.tar.gz",
+                   help="directory to create, or a name ending in .tar.gz")
+    p.add_argument("--report", metavar="REPORT.json",
+                   help="report.json whose measurements to include (default: the artifact's run)")
 
     p = _sub(sub, "compare", "merge the reports of several runs (machines, runtimes, threads) into one",
              "Put several runs' reports side by side, one recommendation per machine.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories holding report.json")
-    p.add_argument("--out", required=True, metavar="DIR", help="directory for compare.json, compare.md and compare.html")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="directory for compare.json, compare.md and compare.html")
 
     p = _sub(sub, "inspect", "per layer: quantized or float, scales, activation max, simulated int8 SQNR",
              "For each Linear layer of a quantized ONNX artifact: whether it runs in int8, its activations' range "
              "and outliers on real text, and the signal-to-noise ratio int8 would give it.")
-    p.add_argument("artifact", metavar="ARTIFACT", help="an ONNX artifact (its fp32 parent must sit beside it, as in a run)")
-    p.add_argument("--calibration", default="builtin", metavar="SPEC", help="text to measure activations on (as for quantize)")
+    p.add_argument("artifact", metavar="ARTIFACT",
+                   help="an ONNX artifact (its fp32 parent must sit beside it, as in a run)")
+    p.add_argument("--calibration", default="builtin", metavar="SPEC",
+                   help="text to measure activations on (as for quantize)")
     p.add_argument("--calibration-samples", type=int, metavar="N", default=64, help="number of samples (default 64)")
-    p.add_argument("--out", metavar="FILE", help="where to write the JSON (default: <artifact>.inspect.json beside the artifact)")
+    p.add_argument("--out", metavar="FILE",
+                   help="where to write the JSON (default: <artifact>.inspect.json beside the artifact)")
 
     p = _sub(sub, "list", "methods, runtimes, metrics, tasks and architectures qdeploy knows",
              "What qdeploy can do here: methods, runtimes (and why one is unavailable), metrics with their "
              "tolerances, tasks and architectures; with a METHOD, that method's options.")
-    p.add_argument("method", nargs="?", metavar="METHOD", help="a method: its options with their types, defaults and notes")
+    p.add_argument("method", nargs="?", metavar="METHOD",
+                   help="a method: its options with their types, defaults and notes")

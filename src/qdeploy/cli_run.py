@@ -15,7 +15,7 @@ EPILOG_RUN = """examples:
   qdeploy run --resume runs/today
   qdeploy run --plan examples/sst2-plan.yaml --executor ray --out runs/ray
   qdeploy run --model ../shared/models/stories260k --methods ort-dynamic,nncf-weight-int8 --batch-sizes 1,4 --eval perplexity=../shared/data/tinystories/valid-head.txt
-"""
+"""  # noqa: E501 (one command a line, to copy and run)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,11 +61,14 @@ def _add_run(sub):
                        description="Run a plan (the built-in default when no flag is given). Each flag overrides the "
                                    "plan key of the same name.", epilog=EPILOG_RUN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--plan", type=Path, metavar="PLAN.yaml", help="plan file (YAML, e.g. examples/sst2-plan.yaml); flags override its keys")
+    p.add_argument("--plan", type=Path, metavar="PLAN.yaml",
+                   help="plan file (YAML, e.g. examples/sst2-plan.yaml); flags override its keys")
     p.add_argument("--resume", metavar="OUT", help="continue an interrupted run in OUT, re-using its finished cells")
-    p.add_argument("--model", metavar="ID_OR_DIR", help="local model directory or Hugging Face hub id (default: all-MiniLM-L6-v2)")
-    p.add_argument("--task", metavar="auto|TASK", help="auto (default: from the model's config.json) | feature-extraction | "
-                                  "text-classification | text-generation | text2text-generation")
+    p.add_argument("--model", metavar="ID_OR_DIR",
+                   help="local model directory or Hugging Face hub id (default: all-MiniLM-L6-v2)")
+    p.add_argument("--task", metavar="auto|TASK",
+                   help="auto (default: from the model's config.json) | feature-extraction | "
+                        "text-classification | text-generation | text2text-generation")
     p.add_argument("--drop-head", action="store_true", default=None,
                    help="with --task feature-extraction on a model that has a task head: measure the encoder alone")
     p.add_argument("--methods", "--method", dest="methods", metavar="M1,M2",
@@ -74,7 +77,8 @@ def _add_run(sub):
                    help="a method option, e.g. ort-static.per_channel=false (repeatable)")
     p.add_argument("--runtimes", "--runtime", dest="runtimes", type=_csv(str), metavar="R1,R2",
                    help="comma-separated runtimes (see `qdeploy list`), or auto: every runtime present (default)")
-    p.add_argument("--calibration", metavar="SPEC", help="calibration text: builtin, a .txt/.tsv/.csv/.jsonl file, or FILE:COLUMN")
+    p.add_argument("--calibration", metavar="SPEC",
+                   help="calibration text: builtin, a .txt/.tsv/.csv/.jsonl file, or FILE:COLUMN")
     p.add_argument("--calibration-samples", type=int, metavar="N", help="number of calibration samples (default 128)")
     p.add_argument("--eval", action="append", metavar="METRIC=PATH", help="quality metric on a file (repeatable)")
     p.add_argument("--batch-sizes", type=_csv(int), metavar="1,8", help="comma-separated batch sizes (default 1,8)")
@@ -83,7 +87,8 @@ def _add_run(sub):
     p.add_argument("--warmup", type=int, metavar="N", help="warm-up iterations per measurement")
     p.add_argument("--min-reps", type=int, metavar="N", help="minimum timed iterations per measurement")
     p.add_argument("--min-time-s", type=float, metavar="S", help="minimum timed seconds per measurement")
-    p.add_argument("--rounds", type=int, metavar="N", help="interleaved timing rounds for speed-ups (default 15, at least 6)")
+    p.add_argument("--rounds", type=int, metavar="N",
+                   help="interleaved timing rounds for speed-ups (default 15, at least 6)")
     p.add_argument("--strict-timing", action="store_true", default=None,
                    help="fail instead of marking rows when the machine was busy while timing")
     p.add_argument("--tolerance", action="append", metavar="METRIC=AMOUNT",
@@ -95,16 +100,20 @@ def _add_run(sub):
                    help="text-generation: tokens decoded per request in the generation benchmark (default 64)")
     p.add_argument("--timing", type=_csv(str), metavar="model[,end-to-end]",
                    help="what latency times: model (tokenized inputs; default) and/or end-to-end (tokenization too)")
-    p.add_argument("--out", metavar="DIR", help="output directory (default runs/<model>-<timestamp>); never overwritten")
+    p.add_argument("--out", metavar="DIR",
+                   help="output directory (default runs/<model>-<timestamp>); never overwritten")
     p.add_argument("--allow-pickle", action="store_true", default=None, help="allow pytorch_model.bin (pickle) weights")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="run the model repository's own code")
     p.add_argument("--executor", choices=("local", "ray"),
-                   help="local: every cell in this process (default); ray: cells as Ray tasks (pip install qdeploy[ray])")
+                   help="local: every cell in this process (default); ray: cells as Ray tasks (pip install "
+                        "qdeploy[ray])")
     p.add_argument("--address", metavar="HOST:PORT", help="ray: the cluster to join (HOST:6379 or ray://HOST:10001); "
                                      "none starts a local Ray instance")
-    p.add_argument("--storage", metavar="DIR_OR_URI", help="where artifacts go: a directory or fsspec URI that every node reaches "
-                                     "(default OUT/artifacts)")
-    p.add_argument("--retries", type=int, metavar="N", help="ray: retries of a cell whose worker or node is lost (default 2)")
+    p.add_argument("--storage", metavar="DIR_OR_URI",
+                   help="where artifacts go: a directory or fsspec URI that every node reaches "
+                        "(default OUT/artifacts)")
+    p.add_argument("--retries", type=int, metavar="N",
+                   help="ray: retries of a cell whose worker or node is lost (default 2)")
 
 
 def _plan_from_args(args):
@@ -112,7 +121,8 @@ def _plan_from_args(args):
 
     base = plans.load(args.plan) if args.plan else plans.default()
     data = base.to_dict()
-    simple = {"model": args.model, "task": args.task, "drop_head": args.drop_head, "runtimes": args.runtimes, "batch_sizes": args.batch_sizes,
+    simple = {"model": args.model, "task": args.task, "drop_head": args.drop_head, "runtimes": args.runtimes,
+              "batch_sizes": args.batch_sizes,
               "seq_len": args.seq_len, "threads": args.threads, "warmup": args.warmup, "min_reps": args.min_reps,
               "min_time_s": args.min_time_s, "rounds": args.rounds, "strict_timing": args.strict_timing,
               "throughput_streams": args.throughput_streams,

@@ -139,7 +139,8 @@ def describe_options(cls: type) -> list[tuple[str, str, str, str]]:
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        shown = '""' if default == "" else "none" if default in (None, ()) else str(default).lower() if isinstance(default, bool) else str(default)
+        shown = ('""' if default == "" else "none" if default in (None, ())
+                 else str(default).lower() if isinstance(default, bool) else str(default))
         out.append((f.name, _type_name(hints[f.name]), shown, notes.get(f.name, "")))
     return out
 
@@ -154,4 +155,5 @@ def _type_name(hint: Any) -> str:
         return " or ".join(named) + (" or none" if type(None) in args else "")
     if origin in (tuple, list):
         return f"list of {_type_name(args[0]) if args else 'text'}"
-    return {str: "text", int: "integer", float: "number", bool: "true|false"}.get(hint, getattr(hint, "__name__", str(hint)))
+    names = {str: "text", int: "integer", float: "number", bool: "true|false"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))

@@ -83,7 +83,8 @@ def _weights_sha256(path: Path, allow_pickle: bool) -> str:
         _check_safetensors(shard)
     if not shards:
         if list(path.glob("pytorch_model*.bin")) and not allow_pickle:
-            raise InputError(f"{path} has only pickle weights (pytorch_model.bin); pass --allow-pickle to load them anyway")
+            raise InputError(f"{path} has only pickle weights (pytorch_model.bin); pass --allow-pickle to load them "
+                             "anyway")
         if not list(path.glob("pytorch_model*.bin")):
             raise InputError(f"{path} holds no model weights (*.safetensors)")
         shards = sorted(path.glob("pytorch_model*.bin"))

@@ -79,7 +79,8 @@ def _readme(artifact: Artifact, name: str, measured: list[dict], chosen: list[di
     method = (m.method or {}).get("name", "none (fp32 export)")
     lines = [
         f"# {name}", "",
-        f"{'An' if m.precision[0] in 'aeiou' else 'A'} {m.precision} {m.format} artifact of `{m.source.get('model')}` for {m.task}, made by qdeploy {__version__}.",
+        f"{'An' if m.precision[0] in 'aeiou' else 'A'} {m.precision} {m.format} artifact of "
+        f"`{m.source.get('model')}` for {m.task}, made by qdeploy {__version__}.",
         "", "## Use", "", "```python", "import qdeploy", "", f'predict = qdeploy.load("{name}")',
         'print(predict(["An example sentence."]))', "```", "",
         "Loading verifies the sha256 of every file (listed in manifest.json) and refuses a package that was changed.",
@@ -104,8 +105,10 @@ def _readme(artifact: Artifact, name: str, measured: list[dict], chosen: list[di
                   "|---|---|---:|---:|---:|---:|---|---|"]
         for r in measured:
             note = "busy: " + "; ".join(r["busy_reasons"]) if r.get("busy_reasons") else ""
+            speed = speedup_text(r['speedup_vs_fp32'], r['speedup_interval'])
             lines.append(f"| {r['machine']} | {r['runtime']} | {r['batch']} | {r['seq_len']} | "
-                         f"{r['latency_ms']['p50']:.2f} | {speedup_text(r['speedup_vs_fp32'], r['speedup_interval'])} | {_quality(r.get('quality') or {})} | {note} |")
+                         f"{r['latency_ms']['p50']:.2f} | {speed} | "
+                         f"{_quality(r.get('quality') or {})} | {note} |")
     return "\n".join(lines) + "\n"
 
 

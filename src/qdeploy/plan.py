@@ -1,4 +1,5 @@
-"""The plan: what `qdeploy run` does. Every flag of `run` is one key here; the no-argument default is plans/default.yaml.
+"""The plan: what `qdeploy run` does. Every flag of `run` is one key here; the no-argument default is
+plans/default.yaml.
 
 Parsed into typed, frozen dataclasses; unknown keys and wrong types are errors; nothing in a plan is executed.
 """
@@ -119,7 +120,7 @@ def _method_specs(raw: Any) -> tuple[MethodSpec, ...]:
                 raise ConfigError(f"plan.methods[{item['name']}].options must be a mapping")
             formats = item.get("format")
             formats = [formats] if formats is None or isinstance(formats, str) else formats
-            if not isinstance(formats, list) or not formats or not all(f is None or isinstance(f, str) for f in formats):
+            if not (isinstance(formats, list) and formats and all(f is None or isinstance(f, str) for f in formats)):
                 raise ConfigError(f"plan.methods[{item['name']}].format must be a format name or a list of them")
             for fmt in formats:
                 own = f"{label or item['name']}-{fmt}" if len(formats) > 1 else label

@@ -86,7 +86,9 @@ class Predictor:
         for start in range(0, len(texts), batch_size):
             inputs = self.encode(texts[start:start + batch_size])
             results.extend(self._postprocess(inputs, self.session.run(inputs)))
-        return results[0] if single else (np.stack(results) if results and isinstance(results[0], np.ndarray) else results)
+        if single:
+            return results[0]
+        return np.stack(results) if results and isinstance(results[0], np.ndarray) else results
 
     def _postprocess(self, inputs, outputs):
         task = self.artifact.manifest.task

@@ -31,7 +31,8 @@ class Storage:
             try:
                 import fsspec
             except ImportError:
-                raise ConfigError(f"storage {self.root} is a URI, which needs fsspec: pip install qdeploy[ray]") from None
+                raise ConfigError(f"storage {self.root} is a URI, which needs fsspec: pip install qdeploy[ray]") \
+                    from None
             try:
                 self._fs, self._base = fsspec.core.url_to_fs(self.root)
             except (ImportError, ValueError) as exc:

@@ -69,7 +69,9 @@ def iter_rows(path: str | Path, columns: list[str] | None = None) -> Iterator[di
     fh = _open_text(path)
     with fh:
         if suffix in (".tsv", ".csv"):
-            reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",", quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)
+            tsv = suffix == ".tsv"
+            reader = csv.DictReader(fh, delimiter="\t" if tsv else ",",
+                                    quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
             yield from _guard_utf8(reader, path)
         elif suffix in (".jsonl", ".json"):
             for number, line in enumerate(_guard_utf8(fh, path), 1):

@@ -57,7 +57,8 @@ def generates(session) -> bool:
     return hasattr(session, "step") and hasattr(session, "reset")
 
 
-def measure_generation(decoder, inputs: dict[int, list[dict[str, np.ndarray]]], scenario: GenerationScenario) -> list[dict]:
+def measure_generation(decoder, inputs: dict[int, list[dict[str, np.ndarray]]],
+                       scenario: GenerationScenario) -> list[dict]:
     """`inputs`: batch size -> prompt batches of `prompt_len` tokens. One record per batch size."""
     records = []
     for batch_size in scenario.batch_sizes:

@@ -19,7 +19,8 @@ def read_labelled(path) -> tuple[list[str], np.ndarray]:
         text = row.get("sentence", row.get("text"))
         label = row.get("label")
         if text is None or label is None:
-            raise InputError(f"{path} needs columns 'sentence' (or 'text') and 'label'; found {', '.join(map(str, row))}")
+            raise InputError(f"{path} needs columns 'sentence' (or 'text') and 'label'; "
+                             f"found {', '.join(map(str, row))}")
         try:
             labels.append(int(label))
         except (TypeError, ValueError):

@@ -25,7 +25,8 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 @register("cosine", ("feature-extraction",), needs_path=False, aggregate=mean, tolerance=Tolerance("floor", 0.99),
-          description="mean cosine similarity of mean-pooled embeddings to the fp32 PyTorch embeddings, on held-out built-in sentences")
+          description="mean cosine similarity of mean-pooled embeddings to the fp32 PyTorch embeddings, on held-out "
+                      "built-in sentences")
 def cosine(session, ctx: EvalContext, path=None):
     embeddings = embed(session, heldout_texts(), ctx)
     reference = ctx.reference.get("cosine")

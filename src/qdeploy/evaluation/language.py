@@ -178,7 +178,8 @@ def _greedy(session, sequences: list[list[int]], ctx: EvalContext, pad: int) -> 
 
 
 def read_choice(path) -> list[tuple[str, list[str], int]]:
-    """JSONL with `context` (or `ctx`/`question`/`goal`), `endings` (or `choices`) and `label` (HellaSwag, PIQA, ARC)."""
+    """JSONL with `context` (or `ctx`/`question`/`goal`), `endings` (or `choices`) and `label` (HellaSwag, PIQA,
+    ARC)."""
     items = []
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
@@ -220,7 +221,8 @@ def choice(session, ctx: EvalContext, path=None):
 
 
 @register("choice-norm", GENERATIVE, needs_path=True, read=read_choice, aggregate=mean, binary=True,
-          description="multiple-choice accuracy with the log-likelihood normalized by the ending's length in characters")
+          description="multiple-choice accuracy with the log-likelihood normalized by the ending's length in "
+                      "characters")
 def choice_norm(session, ctx: EvalContext, path=None):
     _, normed, labels = _choice_scores(session, ctx, check_path(path, "choice-norm"))
     return scored(mean, normed == labels)

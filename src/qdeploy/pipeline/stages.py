@@ -144,8 +144,10 @@ class Stages:
                                 busy_reasons=list(own.get("busy") or []), load=timed.get("load")))
             if speed.get("not_timed", {}).get(f"{name}@{runtime}"):
                 self.skipped.append({"variant": name, "runtime": runtime, "machine": machine,
-                                     "reason": f"not in the interleaved timing: {speed['not_timed'][f'{name}@{runtime}']}"})
+                                     "reason": "not in the interleaved timing: "
+                                               f"{speed['not_timed'][f'{name}@{runtime}']}"})
         self.thread_choices = {m: s["threads_choice"] for m, s in speeds.items() if s.get("threads_choice")}
         if not described:
-            described = {m.name: describe() for m in machines if not self.executor.unavailable(m)} or {"local": describe()}
+            described = ({m.name: describe() for m in machines if not self.executor.unavailable(m)}
+                         or {"local": describe()})
         return rows, described, threads

@@ -1,9 +1,9 @@
 """Render a qdeploy report (schema ``qdeploy.report/1``) as one self-contained HTML page.
 
-The page must open offline and be safe to attach or archive: inline CSS, inline SVG charts computed here (the
-Pareto plot and bar charts in ``plot_svg``), no JavaScript and no URLs of any kind. Standard library only, independent of the rest
-of ``qdeploy``. Every string read from the report is escaped exactly once: cells are plain text unless wrapped in
-``_Safe``, which only this module builds, from escaped parts.
+The page must open offline and be safe to attach or archive: inline CSS, inline SVG charts computed here (the Pareto
+plot and bar charts in ``plot_svg``), no JavaScript and no URLs of any kind. Standard library only, independent of
+the rest of ``qdeploy``. Every string read from the report is escaped exactly once: cells are plain text unless
+wrapped in ``_Safe``, which only this module builds, from escaped parts.
 
 Reading order: what to ship and why first, then the numbers behind it, then how they were measured.
 """

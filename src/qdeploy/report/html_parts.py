@@ -18,7 +18,8 @@ h2{border-bottom:1px solid #d0d7de;padding-bottom:.3rem;margin-top:2rem}.scroll{
 table{border-collapse:collapse;margin:.5rem 0 1rem}td.noisy,td.busy,.warn{color:#9a6700}
 th,td{border:1px solid #d0d7de;padding:.25rem .45rem;text-align:left;vertical-align:top}
 th,td.key{background:#f6f8fa;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
-td small,th small,.rec small{display:block;color:#59636e;font-size:12px}td.num,td small{white-space:nowrap}td small.verdict{white-space:normal}
+td small,th small,.rec small{display:block;color:#59636e;font-size:12px}td.num,td small{white-space:nowrap}
+td small.verdict{white-space:normal}
 .ok{color:#1a7f37}.bad{color:#cf222e}
 .rec{border-left:4px solid #1a7f37;background:#f6fff8;padding:.5rem 1rem;margin:.8rem 0}
 .rec.none{border-color:#8c959f;background:#f6f8fa}.rec h3{margin:.2rem 0;font-size:13px;color:#59636e}

@@ -51,7 +51,8 @@ def load(artifact: Artifact, runtime: str, threads: int | None = None) -> Sessio
         available = [n for n, r in RUNTIMES if r.unavailable_reason() is None]
         raise UnsupportedError(f"runtime {runtime} is not available here: {reason}; available: {', '.join(available)}")
     if not rt.supports(artifact):
-        raise UnsupportedError(f"runtime {runtime} cannot run {artifact.format} artifacts (it runs: {', '.join(rt.formats)})")
+        raise UnsupportedError(f"runtime {runtime} cannot run {artifact.format} artifacts "
+                               f"(it runs: {', '.join(rt.formats)})")
     if artifact.manifest.kind == DECODER:
         from . import decoding  # generative artifacts run token by token with a KV cache
 

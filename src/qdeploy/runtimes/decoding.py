@@ -203,6 +203,11 @@ class DecoderFeeds:
         explicit = not self._spec.get("stateful") and artifact.format != "pytorch"
         self._past = self._spec.get("past_inputs", []) if explicit else []
 
+    @property
+    def text_tokenizer(self):
+        """The tokenizer it wraps: what metrics take, as they build a decoder's inputs themselves."""
+        return self._tokenizer
+
     def __getattr__(self, name):
         return getattr(self._tokenizer, name)
 
@@ -252,6 +257,7 @@ def load(artifact: Artifact, runtime, threads: int | None = None) -> Decoder:
     if artifact.format not in _BUILDERS:
         raise UnsupportedError(f"no decoder for {artifact.format} artifacts; decoders exist for {', '.join(_BUILDERS)}")
     past = set(spec.get("past_inputs", []))
-    common = {"input_names": [n for n in artifact.manifest.inputs if n not in past], "pad_token_id": int(spec.get("pad_token_id") or 0),
+    common = {"input_names": [n for n in artifact.manifest.inputs if n not in past],
+              "pad_token_id": int(spec.get("pad_token_id") or 0),
               "eos_token_id": spec.get("eos_token_id")}
     return _BUILDERS[artifact.format](artifact, runtime, threads, spec, common)
