@@ -126,3 +126,34 @@ def test_a_plan_runs_one_algorithm_on_each_format_it_names():
                          ({"name": "smoothquant", "options": {"preset": "mixed"}}, "not a setting of the onnx")):
         with pytest.raises(ConfigError, match=message):
             pipeline.check(plans.from_dict({"model": str(SST2_MODEL), "methods": [bad]}))
+
+
+STORIES_TEXT = SHARED / "data" / "tinystories" / "valid-head.txt"  # the calibration text, scored by perplexity
+
+
+@pytest.mark.parametrize("fmt", RUNTIME)
+def test_auto_falls_back_to_float_until_the_tolerance_is_met(parents, fmt, tmp_path):
+    # Tolerance 0 on perplexity (lower is better): met at the latest when every layer is float, which is the fp32
+    # graph scored by the same runtime; each candidate before it is a real int8 model with its float islands.
+    options = {"eval": str(STORIES_TEXT), "metric": "perplexity", "tolerance": 0.0}
+    artifact = _quantize(parents, fmt, "auto", options, tmp_path)
+    first, tried = artifact.manifest.notes[:2]
+    assert first.startswith("tolerance 0.0 met: perplexity ") and first.endswith("(static int8 for the rest)"), first
+    kept, total = (int(n) for n in first.split(" with ")[1].split(" Linear")[0].split(" of "))
+    assert total == len(_linear_names(parents[fmt]))
+    steps = [int(step.split(" -> ")[0]) for step in tried.split(": ", 1)[1].split(", ")]
+    assert steps[0] == 0 and steps[-1] == kept and set(steps) <= {0, 1, 2, 4, 8, 16, 32, total}
+    floats = [note.split()[1] for note in artifact.manifest.notes if note.startswith("float: ")]
+    assert len(floats) == kept and set(floats) <= _linear_names(parents[fmt])
+    sqnr = [float(note.split("(SQNR ")[1].split(" dB")[0]) for note in artifact.manifest.notes if "(SQNR" in note]
+    assert sqnr == sorted(sqnr)  # the least safe layers go back to float first
+
+
+def test_auto_refuses_dynamic_int8_on_openvino_before_any_work(parents, tmp_path):
+    config = quantization.make_config("auto", {"eval": str(STORIES_TEXT), "mode": "dynamic"})  # fine on ONNX
+    with pytest.raises(ConfigError, match="mode: not a setting of the openvino backend"):
+        quantization.quantize(parents["openvino"], config, tmp_path / "a", CALIBRATION)
+    assert not (tmp_path / "a").exists()
+    assert quantization.method("nncf-auto").apply is quantization.method("auto").apply
+    assert quantization.method("auto").formats == ("onnx", "openvino") and "nncf-auto" in \
+        quantization.method("auto").description

@@ -192,7 +192,7 @@ def test_auto_fallback_meets_tolerance_or_says_so(tolerance, met, sst2_onnx, tmp
         assert _accuracy(artifact, "ort-cpu", SST2_DEV) >= fp32 - 0.003
 
 
-@pytest.mark.slow  # NNCF evaluates the metric some 40 times while it ranks and reverts: about 9 minutes here
+@pytest.mark.slow  # the alias of auto on OpenVINO: NNCF quantizes and the metric scores each candidate (~30 s)
 def test_nncf_auto_meets_a_tight_tolerance_and_lists_float_layers(sst2_openvino, tmp_path):
     dev = tmp_path / "dev-200.tsv"
     dev.write_text("\n".join(SST2_DEV.read_text(encoding="utf-8").splitlines()[:201]) + "\n", encoding="utf-8")

@@ -48,8 +48,8 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("method", tuple(f"qdeploy.quantization.{m}" for m in (
-    "algorithms.fp8", "algorithms.outlier", "algorithms.smoothquant", "algorithms.weight_int4", "auto", "fp16",
-    "nncf_auto", "nncf_methods", "ort_methods", "precision", "qat")))
+    "algorithms.auto", "algorithms.fp8", "algorithms.outlier", "algorithms.smoothquant", "algorithms.weight_int4",
+    "fp16", "nncf_methods", "ort_methods", "precision", "qat")))
 _BY_CONFIG: dict[type, Method] = {}
 
 
@@ -121,7 +121,8 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
 
     check_options(config, parent.format)
     if parent.precision != "fp32":
-        raise UnsupportedError(f"method {the_method.name} starts from an fp32 artifact; {parent.directory} is {parent.precision}")
+        raise UnsupportedError(f"method {the_method.name} starts from an fp32 artifact; {parent.directory} is "
+                               f"{parent.precision}")
     calibration = calibration or CalibrationSource()
     from transformers import AutoTokenizer
 

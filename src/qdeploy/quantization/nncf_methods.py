@@ -38,7 +38,8 @@ def nncf_ptq(parent: Artifact, config: NncfPtq, calibration, target: Path, ctx):
             model, dataset, preset=getattr(nncf.QuantizationPreset, config.preset.upper()),
             model_type=nncf.ModelType.TRANSFORMER, subset_size=calibration.batch_count(),
             fast_bias_correction=config.fast_bias_correction,
-            ignored_scope=nncf.IgnoredScope(names=list(config.ignored_names), validate=True) if config.ignored_names else None,
+            ignored_scope=(nncf.IgnoredScope(names=list(config.ignored_names), validate=True)
+                           if config.ignored_names else None),
             advanced_parameters=advanced)
     except nncf.ValidationError as exc:
         raise InputError(f"nncf-ptq: {exc}") from None
@@ -59,4 +60,5 @@ def nncf_weight_int8(parent: Artifact, config: NncfWeightInt8, calibration, targ
     ctx.progress("nncf-weight-int8: compressing weights")
     mode = {"int8_asym": nncf.CompressWeightsMode.INT8_ASYM, "int8_sym": nncf.CompressWeightsMode.INT8_SYM}[config.mode]
     compressed = nncf.compress_weights(read_model(parent.model_path), mode=mode)
-    return MethodResult(save_model(compressed, target), "int8-weights", OPENVINO.runtime_config(), [f"mode {config.mode}"])
+    return MethodResult(save_model(compressed, target), "int8-weights", OPENVINO.runtime_config(),
+                        [f"mode {config.mode}"])

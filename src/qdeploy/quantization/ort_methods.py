@@ -35,7 +35,8 @@ class OrtDynamic:
     embeddings_int8: bool = True
 
 
-@register("ort-dynamic", OrtDynamic, "onnx", description="ONNX Runtime dynamic int8 (MatMul weights int8, activations at run time)")
+@register("ort-dynamic", OrtDynamic, "onnx",
+          description="ONNX Runtime dynamic int8 (MatMul weights int8, activations at run time)")
 def ort_dynamic(parent: Artifact, config: OrtDynamic, calibration, target: Path, ctx):
     from onnxruntime.quantization import quantize_dynamic
 
@@ -69,7 +70,8 @@ class OrtStatic:
     exclude: tuple[str, ...] = ()
     # Zero points 0 (activations and weights): what TensorRT's int8 takes. None: the preset's choice, else False.
     symmetric: bool | None = None
-    preset: Literal["tensorrt"] | None = None  # defaults for one target (STATIC_PRESETS); contradicting them is an error
+    # defaults for one target (STATIC_PRESETS); contradicting them is an error
+    preset: Literal["tensorrt"] | None = None
 
     def __post_init__(self):
         for key, value in STATIC_PRESETS.get(self.preset, {}).items():

@@ -15,7 +15,8 @@ class OpenVinoBf16:
     pass
 
 
-@register("openvino-bf16", OpenVinoBf16, "openvino", description="OpenVINO fp32 IR compiled for bf16 execution (CPUs with AVX512-BF16 or AMX)")
+@register("openvino-bf16", OpenVinoBf16, "openvino",
+          description="OpenVINO fp32 IR compiled for bf16 execution (CPUs with AVX512-BF16 or AMX)")
 def openvino_bf16(parent: Artifact, config: OpenVinoBf16, calibration, target: Path, ctx):
     if not has_bf16():
         raise UnsupportedError("openvino-bf16 needs a CPU with avx512_bf16 or AMX; this one has neither")

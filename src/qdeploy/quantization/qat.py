@@ -239,7 +239,7 @@ class _TorchSession:
 def _training(parent, config: Qat, ctx, input_names, output_names):
     """Check the training (and evaluation) data now, before any long work; return `run(teacher, student)`."""
     from .. import evaluation
-    from .auto import evaluation_target
+    from .algorithms.auto import evaluation_target
 
     data = TrainingData.open(config.train, config.text_column, config.label_column)
     # Embeddings learn from the fp32 model's; a classifier from its labels unless told to distill.

@@ -2,7 +2,8 @@
 
 Each layer is judged with fp32 inputs (not the errors of the layers before it), so the ranking says which layers are
 sensitive, not which come last. Simulated as ONNX Runtime's QDQ does it: asymmetric per-tensor activations from the
-calibration min/max, symmetric per-channel int8 weights.
+calibration min/max, symmetric per-channel int8 weights. Read from a backend's LinearGraph, so the same numbers rank
+the layers of an ONNX graph and of an OpenVINO IR.
 """
 from __future__ import annotations
 
@@ -24,33 +25,27 @@ def _fake_quant_weight(w: np.ndarray) -> np.ndarray:
     return np.clip(np.round(w / scale), -127, 127) * scale
 
 
-def layer_sqnr(model_path: Path, nodes: list[str], batches) -> dict[str, float]:
-    """SQNR in dB of each weight MatMul's output under int8 (higher is safer)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import numpy_helper
-
-    model = onnx.load(str(model_path))
-    weights = {init.name: init for init in model.graph.initializer}
-    chosen = {n.name: n for n in model.graph.node if n.name in set(nodes)}
-    act_names = sorted({n.input[0] for n in chosen.values()})
-    existing = {o.name for o in model.graph.output}
-    for name in act_names:
-        if name not in existing:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feeds = [i.name for i in session.get_inputs()]
-    collected: dict[str, list[np.ndarray]] = {name: [] for name in act_names}
-    for batch in batches:
-        for name, value in zip(act_names, session.run(act_names, {k: batch[k] for k in feeds})):
-            collected[name].append(value.reshape(-1, value.shape[-1]))
+def graph_sqnr(graph, batches, names: list[str] | None = None) -> dict[str, float]:
+    """SQNR in dB of each Linear layer's output under int8 (higher is safer), for the layers of a LinearGraph
+    (all of them, or those named)."""
+    layers = [layer for layer in graph.linears() if names is None or layer.name in set(names)]
+    activations = sorted({layer.activation for layer in layers})
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in activations}
+    for values in graph.activations(activations, batches):
+        for name in activations:
+            collected[name].append(values[name].reshape(-1, values[name].shape[-1]))
     signal: dict[str, float] = {}
-    for name, node in chosen.items():
-        x = np.concatenate(collected[node.input[0]])
-        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
+    for layer in layers:
+        x = np.concatenate(collected[layer.activation])
+        w = layer.weight.astype(np.float32)
         y = x @ w
         noise = y - _fake_quant_activation(x, float(x.min()), float(x.max())) @ _fake_quant_weight(w)
-        signal[name] = float(10 * np.log10((y ** 2).sum() / max((noise ** 2).sum(), 1e-30)))
+        signal[layer.name] = float(10 * np.log10((y ** 2).sum() / max((noise ** 2).sum(), 1e-30)))
     return signal
+
+
+def layer_sqnr(model_path: Path, nodes: list[str], batches) -> dict[str, float]:
+    """`graph_sqnr` of the named MatMul nodes of an ONNX graph (what `qdeploy inspect` reports)."""
+    from .backends import backend
+
+    return graph_sqnr(backend("onnx").read(model_path), batches, nodes)

@@ -70,6 +70,7 @@ class Int8Settings:
 class GraphBackend(Protocol):
     format: str
     model_file: str  # the graph's file name in a quantized artifact of this format
+    runtime: str  # the runtime that scores a candidate of this format (accuracy-aware methods)
 
     def runtime_config(self) -> dict[str, Any]:
         """The format's default runtime settings for a quantized artifact (a fresh copy)."""
@@ -83,6 +84,11 @@ class GraphBackend(Protocol):
     def int8(self, model_path: Path, kept_float: list[str], target: Path, calibration, ctx, parent,
              settings: Int8Settings) -> None:
         """Static int8 of every Linear layer of `model_path` but `kept_float`, written to target/model_file."""
+
+    def dynamic_int8(self, model_path: Path, kept_float: list[str], target: Path, settings: Int8Settings) -> None:
+        """Dynamic int8 (activation ranges found per batch at run time) of every Linear layer but `kept_float`.
+        Only a runtime with dynamic int8 kernels has it (ONNX Runtime): configs name it ONNX-only in FORMAT_OPTIONS,
+        so another backend is never asked."""
 
     def fp8(self, model_path: Path, fp8_format: str, kept_float: list[str], target: Path, calibration, ctx,
             parent) -> list[str]:

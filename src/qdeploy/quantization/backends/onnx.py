@@ -123,6 +123,7 @@ def _check_runs(model_path: Path) -> None:
 class OnnxBackend:
     format = "onnx"
     model_file = MODEL_FILE
+    runtime = "ort-cpu"
 
     def runtime_config(self) -> dict[str, Any]:
         return runtime_config("onnx")
@@ -141,6 +142,16 @@ class OnnxBackend:
         run_static(model_path, target / MODEL_FILE, nodes, embedding_gathers(model_path), kept_float, calibration,
                    ctx, parent.manifest.inputs, "minmax", per_channel, reduce, activation, "qint8")
 
+    def dynamic_int8(self, model_path, kept_float, target, settings: Int8Settings) -> None:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        reduce = (not has_vnni()) if settings.reduce_range is None else settings.reduce_range
+        per_channel = True if settings.per_channel is None else settings.per_channel
+        nodes = [n for n in weight_matmuls(model_path) if n not in set(kept_float)]
+        quantize_dynamic(str(model_path), str(target / MODEL_FILE), per_channel=per_channel, reduce_range=reduce,
+                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"],
+                         nodes_to_quantize=nodes + embedding_gathers(model_path))
+
     def fp8(self, model_path, fp8_format, kept_float, target, calibration, ctx, parent) -> list[str]:
         """Static QDQ calibrated as int8 (u8, asymmetric min/max), then each activation pair retyped to float8 with
         the same range (opset 19); weights stay per-channel int8. ONNX Runtime's CPU provider runs float8 Q/DQ but
@@ -155,7 +166,8 @@ class OnnxBackend:
         _check_runs(target / MODEL_FILE)
         return [f"{count} activation tensors in float8 {fp8_format.upper()} (scale max|x|/{FP8_MAX[fp8_format]:g}), "
                 f"{len(nodes)} Linear weights per-channel int8",
-                "emulated: ONNX Runtime's CPU provider rounds activations to fp8 and multiplies in fp32 (no fp8 MatMul)"]
+                "emulated: ONNX Runtime's CPU provider rounds activations to fp8 and multiplies in fp32 "
+                "(no fp8 MatMul)"]
 
     def weight_int4(self, model_path, config, target, calibration, ctx, parent) -> list[str]:
         import onnx

@@ -135,6 +135,7 @@ def _error(exc: Exception) -> str:
 class OpenVinoBackend:
     format = "openvino"
     model_file = MODEL_FILE
+    runtime = "openvino-cpu"
 
     def runtime_config(self) -> dict[str, Any]:
         return runtime_config("openvino")
@@ -164,6 +165,9 @@ class OpenVinoBackend:
         except nncf.ValidationError as exc:
             raise InputError(f"nncf: {_error(exc)}") from None
         save_model(model, target)
+
+    def dynamic_int8(self, model_path, kept_float, target, settings: Int8Settings) -> None:
+        raise UnsupportedError("dynamic int8 is an ONNX Runtime scheme; OpenVINO quantizes statically")
 
     def fp8(self, model_path, fp8_format, kept_float, target, calibration, ctx, parent) -> list[str]:
         """NNCF's FP8 mode: FakeConvert ops, which OpenVINO's CPU plugin emulates; NNCF puts the weights in the same
