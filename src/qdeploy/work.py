@@ -35,14 +35,45 @@ SESSION = uuid.uuid4().hex[:12]  # this process: rows measured here share it
 
 
 @dataclass(frozen=True)
+class Scenarios:
+    """How a run measures, as the benchmarking code takes it: built once from the plan by the pipeline, so that a
+    cell receives settings it can use rather than the whole plan."""
+    batch_sizes: tuple[int, ...]
+    seq_len: int
+    latency: LatencyScenario
+    generation: GenerationScenario
+    rounds: RoundsScenario
+    throughput: ThroughputScenario | None  # None: no concurrent streams asked for
+    timing: tuple[str, ...]
+    threads: int | None  # None: one per core, or what the thread probe finds faster on a busy machine
+
+    @classmethod
+    def of(cls, plan: Plan) -> "Scenarios":
+        streams = plan.throughput_streams
+        return cls(
+            batch_sizes=tuple(plan.batch_sizes), seq_len=plan.seq_len,
+            latency=LatencyScenario(warmup=plan.warmup, min_reps=plan.min_reps, min_time_s=plan.min_time_s),
+            generation=GenerationScenario(prompt_len=plan.seq_len, new_tokens=plan.new_tokens,
+                                          batch_sizes=tuple(plan.batch_sizes), min_time_s=plan.min_time_s),
+            rounds=RoundsScenario(rounds=plan.rounds),
+            throughput=ThroughputScenario(streams=streams, min_requests=plan.min_reps, min_time_s=plan.min_time_s)
+            if streams else None,
+            timing=tuple(plan.timing), threads=plan.threads)
+
+
+@dataclass(frozen=True)
 class RunContext:
     """Everything a cell needs, sent to every worker. `key` names the run for the per-process caches."""
     key: str
-    plan: Plan
+    task: str
     source: ModelSource
     storage: Storage
     metrics: tuple[str, ...]
+    eval: dict[str, str]  # metric -> its data file
+    calibration: CalibrationSource
+    scenarios: Scenarios
     max_positions: int | None
+    trust_remote_code: bool = False
     parallel: bool = False  # a Ray executor: methods may fan their own work out as tasks
 
 
@@ -73,8 +104,8 @@ def export_cell(run: RunContext, fmt: str) -> dict[str, Any]:
     name = FP32_VARIANTS[fmt]
     artifact = run.storage.existing(name)  # a retried cell whose first attempt finished the artifact
     if artifact is None:
-        artifact = exporters.export(run.source, run.plan.task, fmt, run.storage.build_path(name),
-                                    trust_remote_code=run.plan.trust_remote_code)
+        artifact = exporters.export(run.source, run.task, fmt, run.storage.build_path(name),
+                                    trust_remote_code=run.trust_remote_code)
         run.storage.publish(name)
     return {"variant": variant_record(artifact), "session": SESSION}
 
@@ -85,12 +116,10 @@ def quantize_cell(run: RunContext, variant: str, method: str, config: Any, fmt: 
         artifact = run.storage.existing(variant)
         if artifact is None:
             parent = run.storage.fetch(FP32_VARIANTS[fmt])
-            cal = run.plan.calibration
-            calibration = CalibrationSource(cal.source, cal.samples, cal.seed, cal.max_length, cal.batch_size)
             parallel_map = None
             if run.parallel:
                 from .executors.ray_cluster import map_on_this_node as parallel_map
-            artifact = quantization.quantize(parent, config, run.storage.build_path(variant), calibration,
+            artifact = quantization.quantize(parent, config, run.storage.build_path(variant), run.calibration,
                                              parallel_map=parallel_map)
             run.storage.publish(variant)
     except QdeployError as exc:
@@ -107,19 +136,18 @@ class _Shared:
         from .tasks import architecture, for_generation, model_inputs
         from .tasks import task as get_task
 
-        plan = run.plan
         self.artifacts: dict[str, Artifact] = {}
         self.tokenizer = AutoTokenizer.from_pretrained(str(run.source.path))
-        input_names = model_inputs(architecture(run.source.model_type, plan.task), self.tokenizer)
-        generative = get_task(plan.task).generative
+        input_names = model_inputs(architecture(run.source.model_type, run.task), self.tokenizer)
+        generative = get_task(run.task).generative
         if generative:
             for_generation(self.tokenizer)
-        self.baseline = baseline_artifact(run.source, plan.task, input_names, plan.trust_remote_code,
+        self.baseline = baseline_artifact(run.source, run.task, input_names, run.trust_remote_code,
                                           int(self.tokenizer.pad_token_id or 0))
         # A decoder computes its own positions from the mask; what is fed per request is what a tokenizer gives.
         self.feed_names = ["input_ids", "attention_mask"] if generative else input_names
-        self.inputs = {b: benchmark_case(self.tokenizer, self.feed_names, b, plan.seq_len,
-                                         max_positions=run.max_positions) for b in plan.batch_sizes}
+        self.inputs = {b: benchmark_case(self.tokenizer, self.feed_names, b, run.scenarios.seq_len,
+                                         max_positions=run.max_positions) for b in run.scenarios.batch_sizes}
         self.thread_choice: ThreadChoice | None = None  # chosen on first use, by the cell that first needs threads
 
 
@@ -151,12 +179,12 @@ def _threads(run: RunContext, cpus: int | None) -> int:
 
 
 def _thread_choice(run: RunContext, cpus: int | None) -> ThreadChoice:
-    if run.plan.threads:
-        return ThreadChoice(run.plan.threads, f"{run.plan.threads}: set by the plan")
+    if run.scenarios.threads:
+        return ThreadChoice(run.scenarios.threads, f"{run.scenarios.threads}: set by the plan")
     shared = _shared(run)
     default = cpus or describe()["cores_physical"] or 1
     if shared.thread_choice is None:
-        batch = min(run.plan.batch_sizes)
+        batch = min(run.scenarios.batch_sizes)
         shared.thread_choice = choose_threads(lambda t: runtimes.load(shared.baseline, "torch", t),
                                               shared.inputs[batch].inputs, default)
     return shared.thread_choice
@@ -176,7 +204,7 @@ def quality_cell(run: RunContext, name: str, runtime: str, cpus: int | None,
         qualities, raws, items = [], {}, {}
         for metric_name in run.metrics:
             metric = evaluation.metric(metric_name)
-            score = metric.evaluate(session, ctx, run.plan.eval.get(metric_name))
+            score = metric.evaluate(session, ctx, run.eval.get(metric_name))
             if name == BASELINE and score.raw is not None:
                 raws[metric_name] = np.asarray(score.raw)
             bounds = None
@@ -194,15 +222,11 @@ def quality_cell(run: RunContext, name: str, runtime: str, cpus: int | None,
 @timed
 def bench_cell(run: RunContext, name: str, runtime: str, cpus: int | None) -> dict[str, Any]:
     """Latency (and generation, throughput) of one variant on one runtime, on a machine no other cell shares."""
-    plan = run.plan
     try:
         shared = _shared(run)
         artifact = _artifact(run, name)
         threads = _threads(run, cpus)
-        scenario = LatencyScenario(warmup=plan.warmup, min_reps=plan.min_reps, min_time_s=plan.min_time_s)
-        generation = GenerationScenario(prompt_len=plan.seq_len, new_tokens=plan.new_tokens,
-                                        batch_sizes=tuple(plan.batch_sizes), min_time_s=plan.min_time_s)
-        rows = _bench(artifact, name, runtime, threads, shared.inputs, scenario, plan, generation)
+        rows = _bench(artifact, name, runtime, threads, shared.inputs, run.scenarios)
     except QdeployError as exc:
         return _skipped(exc)
     return {"rows": rows, "session": SESSION, "machine": describe(), "threads": threads,
@@ -214,7 +238,6 @@ def speed_cell(run: RunContext, pairs: list[tuple[str, str]], cpus: int | None) 
     """Speed-ups of every (variant, runtime) of one machine type from interleaved rounds: the reference (PyTorch fp32
     when it runs, else the first fp32 artifact), each variant and its runtime's own fp32 are timed alternately in the
     same process, and each ratio is taken per round."""
-    plan = run.plan
     shared = _shared(run)
     threads = _threads(run, cpus)
     sessions, skipped, formats = {}, {}, {}
@@ -231,11 +254,10 @@ def speed_cell(run: RunContext, pairs: list[tuple[str, str]], cpus: int | None) 
     if not sessions:
         return {"skipped": "; ".join(skipped.values()) or "nothing to time", "session": SESSION}
     reference = next(iter(sessions))  # pairs come baseline first, then the fp32 artifacts, then the variants
-    scenario = RoundsScenario(rounds=plan.rounds)
     batches = {}
-    for batch in plan.batch_sizes:
+    for batch in run.scenarios.batch_sizes:
         timed_calls = {key: request(session, shared.inputs[batch].inputs) for key, session in sessions.items()}
-        rounds = run_rounds(timed_calls, scenario)
+        rounds = run_rounds(timed_calls, run.scenarios.rounds)
         rows = {}
         for key in sessions:
             runtime = key.split("@", 1)[1]
@@ -248,30 +270,32 @@ def speed_cell(run: RunContext, pairs: list[tuple[str, str]], cpus: int | None) 
                          "busy": rounds.noisy(reference, key)}
         batches[str(batch)] = {"rows": rows, "busy": rounds.busy, "load": rounds.load}
     return {"reference": reference, "batches": batches, "not_timed": skipped, "session": SESSION,
-            "threads": threads, "threads_choice": _thread_choice(run, cpus).to_dict(), "rounds": plan.rounds}
+            "threads": threads, "threads_choice": _thread_choice(run, cpus).to_dict(),
+            "rounds": run.scenarios.rounds.rounds}
 
 
-def _bench(artifact, name, runtime, threads, inputs, scenario, plan: Plan, generation) -> list[dict]:
+def _bench(artifact, name, runtime, threads, inputs, scenarios: Scenarios) -> list[dict]:
+    batch_sizes = scenarios.batch_sizes
     with RssSampler() as memory:
         t0 = time.perf_counter()
         session = runtimes.load(artifact, runtime, threads)
         load_s = time.perf_counter() - t0
         generated = {}
         if generates(session):
-            prompts = {b: inputs[b].inputs for b in plan.batch_sizes}
-            generated = {r["batch"]: r for r in measure_generation(session, prompts, generation)}
-        timed = {b: measure_timings(session, inputs[b], scenario, plan.timing) for b in plan.batch_sizes}
-        measurements = [timed[b]["model"] for b in plan.batch_sizes]
+            prompts = {b: inputs[b].inputs for b in batch_sizes}
+            generated = {r["batch"]: r for r in measure_generation(session, prompts, scenarios.generation)}
+        timed = {b: measure_timings(session, inputs[b], scenarios.latency, scenarios.timing) for b in batch_sizes}
+        measurements = [timed[b]["model"] for b in batch_sizes]
         settings = getattr(session, "settings", None)
-        runner = throughput_runner(session, plan.throughput_streams)  # the runtime's own async queue, if it has one
+        concurrent = scenarios.throughput
+        # the runtime's own async queue, if it has one
+        runner = throughput_runner(session, concurrent.streams if concurrent else 0)
         del session
         throughput = {}
-        if plan.throughput_streams:
-            streams = plan.throughput_streams
-            concurrent = ThroughputScenario(streams=streams, min_requests=plan.min_reps, min_time_s=plan.min_time_s)
+        if concurrent:
             throughput = measure_concurrent(
-                runner, lambda: runtimes.load(artifact, runtime, max(1, threads // streams)),
-                {b: inputs[b].inputs for b in plan.batch_sizes}, concurrent)
+                runner, lambda: runtimes.load(artifact, runtime, max(1, threads // concurrent.streams)),
+                {b: inputs[b].inputs for b in batch_sizes}, concurrent)
             del runner
     size = artifact.size_mb() if artifact.format != "pytorch" else _weights_mb(artifact)
     return [{

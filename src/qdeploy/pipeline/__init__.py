@@ -17,7 +17,7 @@ from ..errors import BusyMachineError, ConfigError
 from ..plan import Plan
 from ..progress import Progress, Silent
 from ..storage import Storage
-from ..work import RunContext
+from ..work import RunContext, Scenarios
 from . import assemble
 from .check import AUTO, Checked, check, max_positions
 from .outdir import default_out, load_resumable, prepare_out
@@ -53,9 +53,10 @@ def run(plan: Plan, progress: Progress | None = None, out: Path | None = None, r
     with executor:
         if checked.task_reason != "as asked":  # said once the run is under way, so an error stays one line
             progress.log(f"task {plan.task} ({checked.task_reason})")
-        work = RunContext(key=f"{out.resolve()}#{uuid.uuid4().hex[:8]}", plan=plan, source=source, storage=storage,
-                          metrics=tuple(checked.metrics), max_positions=positions,
-                          parallel=executor.name != "local")
+        work = RunContext(key=f"{out.resolve()}#{uuid.uuid4().hex[:8]}", task=plan.task, source=source,
+                          storage=storage, metrics=tuple(checked.metrics), eval=dict(plan.eval),
+                          calibration=checked.calibration, scenarios=Scenarios.of(plan), max_positions=positions,
+                          trust_remote_code=plan.trust_remote_code, parallel=executor.name != "local")
         stages = Stages(checked, work, store, executor, progress)
         variants = stages.build()
         rows, machines, threads = stages.measure(variants)
