@@ -50,6 +50,16 @@ class LinearGraph:
         return dict(found)
 
 
+def within(start, step, hops: int = 4) -> list:
+    """Every node up to `hops` steps from `start` (step: a node -> its neighbours one way): how both backends find the
+    feed-forward layers around an activation function."""
+    frontier, seen = [start], []
+    for _ in range(hops):
+        frontier = [n for node in frontier for n in step(node)]
+        seen += frontier
+    return seen
+
+
 @dataclass(frozen=True)
 class Int8Settings:
     """The static int8 step that ends SmoothQuant and the outlier recipe. Each setting belongs to one backend

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Linear, LinearGraph
+from . import Linear, LinearGraph, within
 
 
 def weight_matmuls(model_path: Path) -> list[str]:
@@ -43,20 +43,13 @@ def ffn_matmuls(model_path: Path) -> set[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
-    def near(start, step, hops=4):
-        frontier, seen = [start], []
-        for _ in range(hops):
-            frontier = [n for node in frontier for n in step(node)]
-            seen += frontier
-        return seen
-
     up_of = lambda node: [producer[i] for i in node.input if i in producer]
     down_of = lambda node: [c for o in node.output for c in consumers.get(o, [])]
     found = set()
     for node in graph.node:
         if node.op_type in ACTIVATIONS:
-            found |= {n.name for n in near(node, up_of) if n.op_type == "MatMul"}
-            found |= {n.name for n in near(node, down_of) if n.op_type == "MatMul"}
+            found |= {n.name for n in within(node, up_of) if n.op_type == "MatMul"}
+            found |= {n.name for n in within(node, down_of) if n.op_type == "MatMul"}
     return found
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ...errors import InputError, UnsupportedError
 from ...formats import openvino_f32, runtime_config
-from . import BACKENDS, Int8Settings, Linear, LinearGraph
+from . import BACKENDS, Int8Settings, Linear, LinearGraph, within
 
 MODEL_FILE = "openvino_model.xml"
 # A quantized model is still compiled with f32 for the parts that stay in float.
@@ -110,21 +110,14 @@ class OpenVinoLinears(LinearGraph):
         as ffn_matmuls finds them in an ONNX graph."""
         linears = {op.get_friendly_name() for op, _ in self._matmuls()}
 
-        def walk(start, step, hops=4):
-            frontier, seen = [start], []
-            for _ in range(hops):
-                frontier = [n for node in frontier for n in step(node)]
-                seen += frontier
-            return seen
-
         up = lambda node: [value.get_node() for value in node.input_values()]
         down = lambda node: [target.get_node() for out in node.outputs() for target in out.get_target_inputs()]
         found = set()
         for op in self.model.get_ordered_ops():
             if op.get_type_name() in ACTIVATIONS:
-                found |= {n.get_friendly_name() for n in walk(op, down) if n.get_friendly_name() in linears}
+                found |= {n.get_friendly_name() for n in within(op, down) if n.get_friendly_name() in linears}
                 if not down_only:
-                    found |= {n.get_friendly_name() for n in walk(op, up) if n.get_friendly_name() in linears}
+                    found |= {n.get_friendly_name() for n in within(op, up) if n.get_friendly_name() in linears}
         return found
 
 
