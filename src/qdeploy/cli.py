@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command or "run"](args if args.command else build_parser().parse_args(["run"]), console)
         return 0
     except QdeployError as exc:
+        if _interrupted:  # Ctrl-C inside a library that turned it into an error of its own
+            return _report_interrupt()
         if debug:
             traceback.print_exc()
         print(f"qdeploy: error: {exc}", file=sys.stderr)

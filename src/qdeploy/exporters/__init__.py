@@ -66,7 +66,19 @@ def step(model_type: str, doing: str):
     except Exception as exc:
         if disk_full(exc) or isinstance(exc, MemoryError):
             raise
+        if _interrupted(exc):  # a converter that caught Ctrl-C and raised its own error: still an interrupt
+            raise KeyboardInterrupt from exc
         raise ExportError(f"architecture {model_type!r}: {doing} failed: {reason(exc)}") from exc
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def tokenizer_for(model_dir: Path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..artifact import Artifact, Manifest, copy_tokenizer, finalize, staging
+from ..artifact import DECODER, SEQ2SEQ, Artifact, Manifest, copy_tokenizer, finalize, staging
 from ..benchmarking.memory import RssSampler
 from ..calibration import CalibrationSource
 from ..config import build, to_dict
@@ -127,10 +127,11 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(parent.directory))
-    if "seq2seq" in parent.manifest.runtime_config and the_method.needs_calibration:
+    kind = parent.manifest.kind
+    if kind == SEQ2SEQ and the_method.needs_calibration:
         raise UnsupportedError(f"method {the_method.name} calibrates on tokenized text, which a seq2seq decoder "
                                "(fed encoder states and a cache) does not take; use a dynamic or weight-only method")
-    if "decoder" in parent.manifest.runtime_config:
+    if kind == DECODER:
         from ..runtimes.decoding import DecoderFeeds
         from ..tasks import for_generation
 
@@ -142,10 +143,10 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
         with RssSampler() as memory:
             result: MethodResult = the_method.apply(parent, config, calibration, tmp, ctx)
         runtime_config, notes = result.runtime_config, list(result.notes)
-        if "decoder" in parent.manifest.runtime_config:
+        if kind == DECODER:
             # How the KV cache is carried does not change with the weights' precision.
             runtime_config = {**runtime_config, "decoder": parent.manifest.runtime_config["decoder"]}
-        if "seq2seq" in parent.manifest.runtime_config:
+        if kind == SEQ2SEQ:
             # The method quantized the decoder (the model file, run once per token); the encoder is kept as it was.
             from ..runtimes.seq2seq_decoding import copy_encoder
 
