@@ -47,9 +47,18 @@ class Method:
         return self.formats[0]
 
 
-METHODS: Registry[Method] = Registry("method", tuple(f"qdeploy.quantization.{m}" for m in (
-    "algorithms.auto", "algorithms.fp8", "algorithms.outlier", "algorithms.smoothquant", "algorithms.weight_int4",
-    "fp16", "nncf_methods", "ort_methods", "precision", "qat")))
+def _algorithm_modules() -> tuple[str, ...]:
+    """Every module in algorithms/: a new algorithm is one file there, found without a list to update (the names
+    only, read from the directory: nothing is imported until a method is looked up)."""
+    import pkgutil
+
+    found = pkgutil.iter_modules([str(Path(__file__).parent / "algorithms")])
+    return tuple(f"{__name__}.algorithms.{module.name}" for module in sorted(found, key=lambda m: m.name))
+
+
+# Methods of one format only, then the algorithms written for both.
+METHODS: Registry[Method] = Registry("method", tuple(f"{__name__}.{m}" for m in (
+    "fp16", "nncf_methods", "ort_methods", "precision", "qat")) + _algorithm_modules())
 _BY_CONFIG: dict[type, Method] = {}
 
 
