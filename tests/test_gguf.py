@@ -11,7 +11,7 @@ import pytest
 from qdeploy import exporters, models
 from qdeploy.errors import InputError
 
-from .conftest import SHARED  # noqa: F401  (this module needs the environment ../shared describes)
+from .conftest import SHARED
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +74,35 @@ def test_a_text_generation_run_without_a_model_uses_smollm2(smollm):
 
     checked = pipeline.check(plans.from_dict({"task": "text-generation", "methods": ["nncf-weight-int8"]}))
     assert checked.source.path == smollm.path and checked.plan.task == "text-generation"
+
+
+@pytest.mark.slow  # two exports of a 30-layer model, then 40 LAMBADA examples on three runtimes
+def test_a_lambada_slice_scores_the_same_on_pytorch_onnx_runtime_and_openvino(smollm, tmp_path):
+    """fp32 is one model on every runtime: the same last words right, example by example."""
+    from transformers import AutoTokenizer
+
+    from qdeploy import evaluation, runtimes
+    from qdeploy.baseline import baseline_artifact
+    from qdeploy.tasks import for_generation
+
+    lines = (SHARED / "data" / "lambada" / "lambada_test.jsonl").read_text(encoding="utf-8").splitlines()
+    data = tmp_path / "lambada-40.jsonl"
+    data.write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
+    tokenizer = for_generation(AutoTokenizer.from_pretrained(str(smollm.path)))
+    ctx = evaluation.EvalContext(tokenizer, ["input_ids", "attention_mask"])
+    metric = evaluation.metric("lastword")
+    torch_fp32 = baseline_artifact(smollm, "text-generation", ["input_ids", "attention_mask", "position_ids"],
+                                   pad_token_id=int(tokenizer.pad_token_id))
+    items = {"torch": metric.evaluate(runtimes.load(torch_fp32, "torch"), ctx, data).items}
+    for fmt, runtime in (("onnx", "ort-cpu"), ("openvino", "openvino-cpu")):
+        artifact = exporters.export(smollm, "text-generation", fmt, tmp_path / fmt)
+        items[runtime] = metric.evaluate(runtimes.load(artifact, runtime), ctx, data).items
+    assert items["torch"].mean() > 0.1  # a real model: some last words right
+    import qdeploy
+
+    predictor = qdeploy.load(tmp_path / "onnx")  # the chat template travelled with the artifact
+    prompt = predictor.chat_prompt("What is the capital of France?")
+    assert prompt.startswith("<|im_start|>") and prompt.rstrip().endswith("assistant")
+    assert "Paris" in predictor.generate("What is the capital of France?", chat=True, max_new_tokens=16)
+    for runtime in ("ort-cpu", "openvino-cpu"):
+        assert list(items[runtime]) == list(items["torch"]), runtime

@@ -65,17 +65,39 @@ class Predictor:
         names = ("input_ids", "attention_mask") if self.generative else self.artifact.manifest.inputs
         return {name: np.array(columns[name], dtype=np.int64) for name in names}
 
-    def generate(self, texts: str | list[str], max_new_tokens: int = 64, **sampling) -> str | list[str]:
-        """Continuations of the prompts (greedy unless do_sample=True; seed, temperature, top_k)."""
+    def generate(self, texts: str | list[str], max_new_tokens: int = 64, chat: bool = False,
+                 **sampling) -> str | list[str]:
+        """Continuations of the prompts (greedy unless do_sample=True; seed, temperature, top_k). With `chat`, each
+        text is a user's message, put in the model's chat template (which travels with the artifact)."""
         if not self.generative:
             raise UnsupportedError(f"{self.artifact.directory} is a {self.artifact.manifest.task} artifact; "
                                    "only text-generation and text2text-generation artifacts generate")
         single = isinstance(texts, str)
-        inputs = self.encode([texts] if single else list(texts))
+        texts = [texts] if single else list(texts)
+        if chat:
+            texts = [self.chat_prompt(text) for text in texts]
+        inputs = self.encode(texts)
         tokens = self.session.generate(inputs["input_ids"], inputs["attention_mask"], max_new_tokens, **sampling)
         eos = self.session.eos_token_id
         texts_out = [self.tokenizer.decode(row[:_until(row, eos)].tolist()) for row in tokens]
         return texts_out[0] if single else texts_out
+
+    def chat_prompt(self, message: str) -> str:
+        """`message` as the user's turn in the model's chat template, ready for the assistant's answer."""
+        template = self.artifact.directory / "chat_template.jinja"
+        if not template.is_file():
+            raise UnsupportedError(f"{self.artifact.directory} carries no chat template (chat_template.jinja)")
+        try:
+            import jinja2
+        except ImportError:
+            raise InputError("chat=True renders the model's template with jinja2: pip install jinja2") from None
+        # As transformers renders chat templates: blocks trimmed, the special tokens by name.
+        env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+        config = json.loads((self.artifact.directory / "tokenizer_config.json").read_text(encoding="utf-8")) \
+            if (self.artifact.directory / "tokenizer_config.json").is_file() else {}
+        return env.from_string(template.read_text(encoding="utf-8")).render(
+            messages=[{"role": "user", "content": message}], add_generation_prompt=True,
+            bos_token=config.get("bos_token") or "", eos_token=config.get("eos_token") or "")
 
     def __call__(self, texts: str | list[str], batch_size: int = 32):
         if self.generative:
