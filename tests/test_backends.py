@@ -62,6 +62,18 @@ def test_outlier_names_the_layers_it_keeps_float(parents, fmt, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", RUNTIME)
+def test_outlier_keeps_the_lm_head_float_when_asked(parents, fmt, tmp_path):
+    """LLM.int8's checkpoints keep the output projection float: found from the graph (the Linear layer feeding the
+    logits, not the cache outputs), whatever its inputs' range."""
+    head = backend(fmt).head_layers(parents[fmt].model_path)
+    assert len(head) == 1 and head <= _linear_names(parents[fmt])
+    artifact = _quantize(parents, fmt, "outlier", {"threshold": 1e6, "lm_head_float": True}, tmp_path)
+    kept = [note.split()[1] for note in artifact.manifest.notes if note.startswith("float: ")]
+    assert kept == sorted(head)
+    assert artifact.manifest.notes[0].endswith("(1 output layer(s) float by lm_head_float)")
+
+
+@pytest.mark.parametrize("fmt", RUNTIME)
 def test_fp8_keeps_the_feed_forward_layers_float_when_asked(parents, fmt, tmp_path):
     artifact = _quantize(parents, fmt, "fp8", {"ffn_fp8": False}, tmp_path)
     assert artifact.precision == "fp8-e4m3"
@@ -72,6 +84,13 @@ def test_fp8_keeps_the_feed_forward_layers_float_when_asked(parents, fmt, tmp_pa
 def test_weight_int4(parents, fmt, tmp_path):
     artifact = _quantize(parents, fmt, "weight-int4", {}, tmp_path)
     assert artifact.precision == "int4-weights" and len(artifact.manifest.notes) == 1
+
+
+@pytest.mark.parametrize("fmt", RUNTIME)
+def test_weight_int8_keeps_activations_float_and_shrinks_the_weights(parents, fmt, tmp_path):
+    artifact = _quantize(parents, fmt, "weight-int8", {}, tmp_path)
+    assert artifact.precision == "int8-weights" and len(artifact.manifest.notes) == 1
+    assert artifact.size_mb() < 0.7 * parents[fmt].size_mb()  # stories260K: its embedding table stays float
 
 
 def test_aliases_are_the_same_algorithm_with_their_own_defaults():
@@ -93,6 +112,8 @@ def test_aliases_are_the_same_algorithm_with_their_own_defaults():
     ("nncf-outlier", {"threshold": -1}, "threshold must be positive"),
     ("weight-int4", {"ratio": 0}, "ratio must be in"),
     ("ort-weight-int4", {"group_size": 24}, "power of two"),
+    ("weight-int8", {"group_size": 24}, "power of two"),
+    ("nncf-weight-int8", {"mode": "int4"}, "mode"),
     ("smoothquant", {"preset": "performance"}, "preset: not a setting of the onnx backend"),
     ("nncf-outlier", {"per_channel": False}, "per_channel: not a setting of the openvino backend"),
     ("nncf-weight-int4", {"accuracy_level": 0}, "accuracy_level: not a setting of the openvino backend"),

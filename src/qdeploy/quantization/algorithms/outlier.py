@@ -17,6 +17,9 @@ from ..backends import Int8Settings, LinearGraph, backend_for
 @dataclass(frozen=True)
 class Outlier(Int8Settings):
     threshold: float = 6.0  # max |activation| of a layer's input above which the layer stays float
+    # The output projection (a language model's lm_head) stays float whatever its input, as in LLM.int8's OPT
+    # checkpoints: it is the widest layer and the last, where an error reaches every next-token probability.
+    lm_head_float: bool = False
 
     def __post_init__(self):
         if self.threshold <= 0:
@@ -28,14 +31,17 @@ class NncfOutlier(Outlier):
     """nncf-outlier: the same recipe with the same defaults, on OpenVINO."""
 
 
-def outlier_layers(graph: LinearGraph, batches, threshold: float):
-    """The Linear layers whose input exceeds `threshold` somewhere, largest first, with their input's channel peaks."""
+def outlier_layers(graph: LinearGraph, batches, threshold: float, always: frozenset[str] = frozenset()):
+    """The Linear layers whose input exceeds `threshold` somewhere (and those in `always`), largest first, with
+    their input's channel peaks."""
     layers = graph.linears()
     peaks = absmax(graph.activations(sorted({layer.activation for layer in layers}), batches))
     largest = {layer.name: float(peaks[layer.activation].max()) for layer in layers}
-    kept = sorted((layer for layer in layers if largest[layer.name] > threshold), key=lambda l: -largest[l.name])
+    kept = sorted((layer for layer in layers if largest[layer.name] > threshold or layer.name in always),
+                  key=lambda l: -largest[l.name])
     notes = [f"threshold {threshold}: {len(kept)} of {len(layers)} Linear layers kept in float, "
-             f"{len(layers) - len(kept)} int8"]
+             f"{len(layers) - len(kept)} int8" + (f" ({len(always)} output layer(s) float by lm_head_float)"
+                                                  if always else "")]
     notes += [f"float: {layer.name} (max |input| {largest[layer.name]:.1f}, "
               f"{int((peaks[layer.activation] > threshold).sum())} channels above)" for layer in kept]
     return [layer.name for layer in kept], len(layers), notes
@@ -45,8 +51,9 @@ def outlier(parent, config: Outlier, calibration, target: Path, ctx) -> MethodRe
     backend = backend_for(parent)
     graph = backend.read(parent.model_path)
     ctx.progress(f"outlier: activation statistics on {calibration.samples} samples")
+    head = frozenset(backend.head_layers(parent.model_path)) if config.lm_head_float else frozenset()
     kept, total, notes = outlier_layers(graph, calibration.batches(ctx.tokenizer, list(parent.manifest.inputs)),
-                                        config.threshold)
+                                        config.threshold, head)
     ctx.progress(f"outlier: {len(kept)} of {total} layers stay float (threshold {config.threshold})")
     if len(kept) == total:  # nothing left to quantize: the float graph is the answer
         graph.save(target / backend.model_file)

@@ -91,6 +91,9 @@ class GraphBackend(Protocol):
     def ffn_layers(self, model_path: Path, down_only: bool = False) -> set[str]:
         """The feed-forward Linear layers (next to the activation function), or only those reading its output."""
 
+    def head_layers(self, model_path: Path) -> set[str]:
+        """The Linear layers that produce a model output: a language model's lm_head."""
+
     def int8(self, model_path: Path, kept_float: list[str], target: Path, calibration, ctx, parent,
              settings: Int8Settings) -> None:
         """Static int8 of every Linear layer of `model_path` but `kept_float`, written to target/model_file."""
@@ -106,6 +109,9 @@ class GraphBackend(Protocol):
 
     def weight_int4(self, model_path: Path, config, target: Path, calibration, ctx, parent) -> list[str]:
         """4-bit weight-only compression, written to target/model_file; returns the notes."""
+
+    def weight_int8(self, model_path: Path, config, target: Path) -> list[str]:
+        """int8 weights, activations in float, written to target/model_file; returns the notes."""
 
 
 BACKENDS: Registry[GraphBackend] = Registry("backend", ("qdeploy.quantization.backends.onnx",

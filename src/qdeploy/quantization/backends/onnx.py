@@ -12,7 +12,8 @@ from ...errors import InputError, UnsupportedError
 from ...formats import runtime_config
 from ...machine import has_vnni
 from . import BACKENDS, Int8Settings
-from .onnx_graph import OnnxLinears, embedding_gathers, ffn_down_matmuls, ffn_matmuls, weight_matmuls
+from .onnx_graph import (OnnxLinears, embedding_gathers, ffn_down_matmuls, ffn_matmuls, head_matmuls,
+                         weight_matmuls)
 
 MODEL_FILE = "model.onnx"
 FP8_OPSET = 19  # QuantizeLinear/DequantizeLinear take float8 types from opset 19
@@ -134,6 +135,9 @@ class OnnxBackend:
     def ffn_layers(self, model_path: Path, down_only: bool = False) -> set[str]:
         return ffn_down_matmuls(model_path) if down_only else ffn_matmuls(model_path)
 
+    def head_layers(self, model_path: Path) -> set[str]:
+        return head_matmuls(model_path)
+
     def int8(self, model_path, kept_float, target, calibration, ctx, parent, settings: Int8Settings) -> None:
         reduce = (not has_vnni()) if settings.reduce_range is None else settings.reduce_range
         activation = settings.activation_type or ("qint8" if has_vnni() else "quint8")
@@ -181,6 +185,20 @@ class OnnxBackend:
         quantizer.process()
         quantizer.model.save_model_to_file(str(target / MODEL_FILE), use_external_data_format=False)
         return [f"{len(nodes)} MatMul weights in 4-bit blocks of {config.group_size}"]
+
+    def weight_int8(self, model_path, config, target) -> list[str]:
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        nodes = weight_matmuls(model_path)
+        size = config.group_size or 32
+        level = 4 if config.accuracy_level is None else config.accuracy_level
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(model_path)), bits=8, block_size=size,
+                                         is_symmetric=config.symmetric, accuracy_level=level or None,
+                                         nodes_to_include=nodes)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(target / MODEL_FILE), use_external_data_format=False)
+        return [f"{len(nodes)} MatMul weights in 8-bit blocks of {size}"]
 
 
 ONNX = BACKENDS.register("onnx")(OnnxBackend())

@@ -84,6 +84,24 @@ def embedding_gathers(model_path: Path) -> list[str]:
 
 
 
+def head_matmuls(model_path: Path) -> set[str]:
+    """The Linear layers within four nodes of the graph's first output (the task's: a language model's logits, not
+    its cache): the lm_head, found from the graph, not from names, as ffn_matmuls."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    outputs = {graph.output[0].name}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    linears = set(weight_matmuls(model_path))
+    down = lambda node: [r for out in node.output for r in readers.get(out, [])]
+    reaches = lambda node: bool(outputs & set(node.output)) or any(
+        outputs & set(n.output) for n in within(node, down))
+    return {n.name for n in graph.node if n.name in linears and reaches(n)}
+
+
 class OnnxLinears(LinearGraph):
     def __init__(self, model_path: Path):
         import onnx

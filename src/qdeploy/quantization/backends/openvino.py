@@ -38,6 +38,15 @@ def save_model(model, target: Path) -> str:
     return MODEL_FILE
 
 
+def compress_int8(model_path: Path, symmetric: bool, target: Path) -> str:
+    """NNCF's int8 weight compression (per output channel), saved into `target`; returns the note."""
+    import nncf
+
+    mode = nncf.CompressWeightsMode.INT8_SYM if symmetric else nncf.CompressWeightsMode.INT8_ASYM
+    save_model(nncf.compress_weights(read_model(model_path), mode=mode), target)
+    return f"mode int8_{'sym' if symmetric else 'asym'}, per-channel"
+
+
 class OpenVinoLinears(LinearGraph):
     """MatMul ops whose second input is an f32 Constant (the IR qdeploy exports keeps f32 weights)."""
 
@@ -120,6 +129,15 @@ class OpenVinoLinears(LinearGraph):
                     found |= {n.get_friendly_name() for n in within(op, up) if n.get_friendly_name() in linears}
         return found
 
+    def head_names(self) -> set[str]:
+        """Linear layers within four ops of the model's first Result (the task's output, not the cache): a
+        language model's lm_head, as head_matmuls finds it."""
+        down = lambda node: [target.get_node() for out in node.outputs() for target in out.get_target_inputs()]
+        result = self.model.get_results()[0]
+        return {op.get_friendly_name() for op, _ in self._matmuls() if any(n is result or n.get_friendly_name()
+                                                                              == result.get_friendly_name()
+                                                                              for n in within(op, down))}
+
 
 def _error(exc: Exception) -> str:
     return str(exc).splitlines()[0]
@@ -138,6 +156,9 @@ class OpenVinoBackend:
 
     def ffn_layers(self, model_path: Path, down_only: bool = False) -> set[str]:
         return OpenVinoLinears(model_path).ffn_names(down_only)
+
+    def head_layers(self, model_path: Path) -> set[str]:
+        return OpenVinoLinears(model_path).head_names()
 
     def int8(self, model_path, kept_float, target, calibration, ctx, parent, settings: Int8Settings) -> None:
         """nncf.quantize with the transformer model type and NNCF's own SmoothQuant off: the algorithm decided the
@@ -204,6 +225,9 @@ class OpenVinoBackend:
             raise InputError(f"nncf weight compression: {_error(exc)}") from None
         save_model(compressed, target)
         return [f"{mode_name}, group size {config.group_size}, ratio {ratio}"]
+
+    def weight_int8(self, model_path, config, target) -> list[str]:
+        return [compress_int8(model_path, config.symmetric, target)]
 
 
 OPENVINO = BACKENDS.register("openvino")(OpenVinoBackend())

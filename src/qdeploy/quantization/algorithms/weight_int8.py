@@ -1,0 +1,43 @@
+"""Weight-only int8, one algorithm for every backend: int8 weights, activations in float. ONNX Runtime's MatMulNBits
+with 8 bits (block-wise scales) on ONNX; NNCF's compress_weights (per-channel scales) on OpenVINO.
+
+At batch 1 a decoder's step is bound by weight traffic, not arithmetic: a quarter of the bytes is where the speed
+comes from, and activations in float are why quality holds where w8a8 breaks a small language model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from ...errors import ConfigError
+from .. import MethodResult, register
+from ..backends import backend_for
+
+
+@dataclass(frozen=True)
+class WeightInt8:
+    FORMAT_OPTIONS: ClassVar[dict[str, str]] = {"group_size": "onnx", "accuracy_level": "onnx"}
+    symmetric: bool = False  # int8_sym; false: a zero point per scale (NNCF's int8_asym default)
+    # ONNX Runtime: weights sharing one scale (none: 32; MatMulNBits has no per-channel 8-bit layout for widths
+    # that are not a power of two, such as SmolLM2's 576)
+    group_size: int | None = None
+    # ONNX Runtime: 4 = int8 compute of the dequantized blocks; 0 = fp32 compute (none: 4)
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
+
+    def check_format(self, fmt: str) -> None:
+        size = self.group_size
+        if fmt == "onnx" and size is not None and (size < 16 or size & (size - 1)):
+            raise ConfigError(f"weight-int8 group_size must be a power of two >= 16 on onnx, got {size}")
+
+
+def weight_int8(parent, config: WeightInt8, calibration, target: Path, ctx) -> MethodResult:
+    backend = backend_for(parent)
+    ctx.progress(f"weight-int8: {'symmetric' if config.symmetric else 'asymmetric'} int8 weights")
+    notes = backend.weight_int8(parent.model_path, config, target)
+    return MethodResult(backend.model_file, "int8-weights", backend.runtime_config(), notes)
+
+
+register("weight-int8", WeightInt8, ("onnx", "openvino"),
+         description="int8 weight-only compression (activations stay in float): ONNX Runtime MatMulNBits (8 bits, "
+                     "block-wise) on onnx, NNCF compress_weights (per-channel) on openvino")(weight_int8)
