@@ -47,6 +47,24 @@ def compress_int8(model_path: Path, symmetric: bool, target: Path) -> str:
     return f"mode int8_{'sym' if symmetric else 'asym'}, per-channel"
 
 
+def weight_types(model) -> dict[str, str]:
+    """Each compressed Linear layer's stored weight type (u8, i8, u4, i4), read from the constant its weight
+    decompression starts from."""
+    found = {}
+    for op in model.get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        node = op.input_value(1).get_node()
+        for _ in range(6):
+            if node.get_type_name() == "Constant" or node.get_input_size() == 0:
+                break
+            node = node.input_value(0).get_node()
+        kind = node.get_element_type().get_type_name() if node.get_type_name() == "Constant" else ""
+        if kind in ("u8", "i8", "u4", "i4"):
+            found[op.get_friendly_name()] = kind
+    return found
+
+
 class OpenVinoLinears(LinearGraph):
     """MatMul ops whose second input is an f32 Constant (the IR qdeploy exports keeps f32 weights)."""
 
@@ -224,7 +242,13 @@ class OpenVinoBackend:
         except (nncf.ValidationError, ValueError, RuntimeError) as exc:
             raise InputError(f"nncf weight compression: {_error(exc)}") from None
         save_model(compressed, target)
-        return [f"{mode_name}, group size {config.group_size}, ratio {ratio}"]
+        notes = [f"{mode_name}, group size {config.group_size}, ratio {ratio}"]
+        bits = weight_types(compressed)
+        backup = sorted(name for name, kind in bits.items() if "4" not in kind)
+        if backup:  # NNCF's ratio: the most sensitive layers keep 8-bit weights, as the fallback of the int4 recipe
+            notes.append(f"{len(bits) - len(backup)} of {len(bits)} Linear layers 4-bit, {len(backup)} fell back to "
+                         f"int8: {', '.join(backup)}")
+        return notes
 
     def weight_int8(self, model_path, config, target) -> list[str]:
         return [compress_int8(model_path, config.symmetric, target)]
