@@ -184,6 +184,19 @@ def test_auto_falls_back_to_float_until_the_tolerance_is_met(parents, fmt, tmp_p
     assert sqnr == sorted(sqnr)  # the least safe layers go back to float first
 
 
+@pytest.mark.parametrize("fmt", RUNTIME)
+def test_auto_weight_int4_names_the_layers_that_fell_back(parents, fmt, tmp_path):
+    """Weight-only 4-bit with the accuracy-aware fallback: the same search, 4-bit group-wise weights instead of int8,
+    ranked by simulated 4-bit weight error; the layers that fell back are named, least safe first."""
+    options = {"eval": str(STORIES_TEXT), "metric": "perplexity", "tolerance": 0.0, "mode": "weight-int4"}
+    artifact = _quantize(parents, fmt, "auto", options, tmp_path)
+    assert artifact.precision == "int4-mixed"
+    assert artifact.manifest.notes[0].endswith("(4-bit weights for the rest)")
+    kept = int(artifact.manifest.notes[0].split(" with ")[1].split(" of ")[0])
+    floats = [note.split()[1] for note in artifact.manifest.notes if note.startswith("float: ")]
+    assert len(floats) == kept and set(floats) <= _linear_names(parents[fmt])
+
+
 def test_auto_refuses_dynamic_int8_on_openvino_before_any_work(parents, tmp_path):
     config = quantization.make_config("auto", {"eval": str(STORIES_TEXT), "mode": "dynamic"})  # fine on ONNX
     with pytest.raises(ConfigError, match="mode: not a setting of the openvino backend"):

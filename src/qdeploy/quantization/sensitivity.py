@@ -25,9 +25,22 @@ def _fake_quant_weight(w: np.ndarray) -> np.ndarray:
     return np.clip(np.round(w / scale), -127, 127) * scale
 
 
-def graph_sqnr(graph, batches, names: list[str] | None = None) -> dict[str, float]:
+def _fake_quant_weight_int4(w: np.ndarray, group: int) -> np.ndarray:
+    """Symmetric 4-bit weights, one scale per `group` input rows of each output column (MatMulNBits' and NNCF's
+    group-wise layout); a last partial group has its own scale."""
+    out = np.empty_like(w)
+    for start in range(0, w.shape[0], group):
+        block = w[start:start + group]
+        scale = np.abs(block).max(axis=0, keepdims=True) / 7.0
+        scale[scale == 0] = 1.0
+        out[start:start + group] = np.clip(np.round(block / scale), -8, 7) * scale
+    return out
+
+
+def graph_sqnr(graph, batches, names: list[str] | None = None, int4_group: int | None = None) -> dict[str, float]:
     """SQNR in dB of each Linear layer's output under int8 (higher is safer), for the layers of a LinearGraph
-    (all of them, or those named)."""
+    (all of them, or those named); with `int4_group`, under 4-bit group-wise weights and float activations instead
+    (weight-only)."""
     layers = [layer for layer in graph.linears() if names is None or layer.name in set(names)]
     activations = sorted({layer.activation for layer in layers})
     collected: dict[str, list[np.ndarray]] = {name: [] for name in activations}
@@ -39,7 +52,10 @@ def graph_sqnr(graph, batches, names: list[str] | None = None) -> dict[str, floa
         x = np.concatenate(collected[layer.activation])
         w = layer.weight.astype(np.float32)
         y = x @ w
-        noise = y - _fake_quant_activation(x, float(x.min()), float(x.max())) @ _fake_quant_weight(w)
+        if int4_group:
+            noise = y - x @ _fake_quant_weight_int4(w, int4_group)
+        else:
+            noise = y - _fake_quant_activation(x, float(x.min()), float(x.max())) @ _fake_quant_weight(w)
         signal[layer.name] = float(10 * np.log10((y ** 2).sum() / max((noise ** 2).sum(), 1e-30)))
     return signal
 

@@ -2,6 +2,9 @@
 back to float, a group at a time, until the measured quality loss is within the tolerance (as Intel's int8 BART keeps
 40 of 193 Linear layers float).
 
+With mode=weight-int4 the same search runs over 4-bit group-wise weights with float activations, the weight-only
+recipe of a language model, and the notes name the layers that fell back (as Intel's int8 BART card says "40/193").
+
 Layers are ranked by simulated SQNR (sensitivity.py) on the backend's view of the graph; each candidate is really
 quantized by the backend (ONNX Runtime QDQ on ONNX, NNCF on OpenVINO) and really evaluated on the user's data with the
 registered metric, through the format's own runtime. Stops at the first candidate within tolerance, or with the best
@@ -23,7 +26,9 @@ from ...errors import ConfigError, QdeployError
 from .. import MethodResult, register
 from ..backends import Int8Settings, backend_for
 from ..sensitivity import graph_sqnr
+from .weight_int4 import WeightInt4
 
+SCHEME = {"static": "static int8", "dynamic": "dynamic int8", "weight-int4": "4-bit weights"}
 RANKING_BATCHES = 4  # calibration batches the SQNR ranking replays: enough to order layers, cheap to hold
 GRAPH_SUFFIXES = (".onnx", ".data", ".xml", ".bin")  # a model's graph and weight files, whichever the format
 
@@ -48,16 +53,25 @@ class AccuracyTarget:
 
 @dataclass(frozen=True)
 class Auto(AccuracyTarget, Int8Settings):
-    # mode belongs to ONNX Runtime, the one runtime here with dynamic int8 kernels: an OpenVINO parent refuses it.
-    FORMAT_OPTIONS: ClassVar[dict[str, str]] = {**Int8Settings.FORMAT_OPTIONS, "mode": "onnx"}
-    # ONNX Runtime: the int8 scheme of the layers that stay quantized (none: static)
-    mode: Literal["static", "dynamic"] | None = None
+    # the scheme of the quantized layers (none: static int8; dynamic: ONNX Runtime's only; weight-int4: 4-bit weights)
+    mode: Literal["static", "dynamic", "weight-int4"] | None = None
     time_budget_s: float = 900.0
+    group_size: int = 32  # weight-int4: weights sharing one scale
+
+    def check_format(self, fmt: str) -> None:
+        if self.mode == "dynamic" and fmt != "onnx":
+            raise ConfigError(f"mode: not a setting of the {fmt} backend: dynamic int8 is ONNX Runtime's "
+                              "(static or weight-int4 work on both)")
+        if self.mode == "weight-int4":
+            WeightInt4(group_size=self.group_size).check_format(fmt)
 
     def __post_init__(self):
         super().__post_init__()
         if self.time_budget_s <= 0:
             raise ConfigError(f"{self.NAME} time_budget_s must be positive, got {self.time_budget_s}")
+        if self.mode == "weight-int4" and any(getattr(self, k) is not None for k in Int8Settings.FORMAT_OPTIONS):
+            raise ConfigError(f"{self.NAME}: the int8 settings ({', '.join(Int8Settings.FORMAT_OPTIONS)}) do not "
+                              "apply to mode=weight-int4")
 
 
 @dataclass(frozen=True)
@@ -125,9 +139,9 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx) -> Meth
     layers = [layer.name for layer in graph.linears()]
     if not layers:
         raise QdeployError(f"{parent.directory}: no Linear layer (MatMul with a constant weight); nothing to quantize")
-    ctx.progress(f"{name}: ranking {len(layers)} layers by int8 sensitivity")
+    ctx.progress(f"{name}: ranking {len(layers)} layers by {mode} sensitivity")
     batches = itertools.islice(calibration.batches(ctx.tokenizer, list(parent.manifest.inputs)), RANKING_BATCHES)
-    sqnr = graph_sqnr(graph, batches)
+    sqnr = graph_sqnr(graph, batches, int4_group=config.group_size if mode == "weight-int4" else None)
     del graph  # trials read their own copies: the float graph need not stay in memory beside them
     ranked = sorted(layers, key=lambda n: sqnr[n])
     tried: list[tuple[int, float]] = []
@@ -149,6 +163,9 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx) -> Meth
                 backend.read(source).save(out / backend.model_file)
             elif mode == "dynamic":
                 backend.dynamic_int8(source, floats, out, config)
+            elif mode == "weight-int4":
+                backend.weight_int4(source, WeightInt4(group_size=config.group_size), out, calibration, ctx, parent,
+                                    exclude=floats)
             else:
                 backend.int8(source, floats, out, calibration, ctx, parent, config)
             return k, score(out / backend.model_file), out
@@ -175,16 +192,17 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx) -> Meth
     met = loss <= allowed
     notes = [(f"tolerance {config.tolerance} met" if met else f"tolerance {config.tolerance} NOT met; best found") +
              f": {metric_name} {reference - sign * loss:.4f} vs fp32 {reference:.4f} with {k} of {len(ranked)} Linear "
-             f"layers in float ({mode} int8 for the rest)",
+             f"layers in float ({SCHEME[mode]} for the rest)",
              "tried (layers float -> value): " + ", ".join(f"{n} -> {v:.4f}" for n, v in tried)]
     if width > 1:
         notes.append(f"candidates evaluated {width} at a time as parallel Ray tasks on one node")
     notes += [f"float: {n} (SQNR {sqnr[n]:.1f} dB)" for n in ranked[:k]]
-    return MethodResult(backend.model_file, "int8-mixed", backend.runtime_config(), notes)
+    return MethodResult(backend.model_file, "int4-mixed" if mode == "weight-int4" else "int8-mixed",
+                        backend.runtime_config(), notes)
 
 
-TEXT = ("accuracy-aware fallback: static int8, then the most sensitive layers (by simulated int8 SQNR) back to float "
-        "until the quality loss on eval=PATH is within a tolerance")
+TEXT = ("accuracy-aware fallback: static int8 (or mode=weight-int4: 4-bit weights), then the most sensitive layers (by "
+        "simulated SQNR) back to float until the quality loss on eval=PATH is within a tolerance")
 register("auto", Auto, ("onnx", "openvino"), needs_calibration=True,
          description=TEXT + " (ONNX Runtime QDQ, or dynamic with mode=dynamic, on onnx; NNCF on openvino; "
                             "alias nncf-auto)")(auto)

@@ -107,8 +107,10 @@ class GraphBackend(Protocol):
             parent) -> list[str]:
         """fp8 activations (emulated where the CPU has none), written to target/model_file; returns the notes."""
 
-    def weight_int4(self, model_path: Path, config, target: Path, calibration, ctx, parent) -> list[str]:
-        """4-bit weight-only compression, written to target/model_file; returns the notes."""
+    def weight_int4(self, model_path: Path, config, target: Path, calibration, ctx, parent,
+                    exclude: list[str] = ()) -> list[str]:
+        """4-bit weight-only compression of every Linear layer but `exclude` (kept float), written to
+        target/model_file; returns the notes."""
 
     def weight_int8(self, model_path: Path, config, target: Path) -> list[str]:
         """int8 weights, activations in float, written to target/model_file; returns the notes."""

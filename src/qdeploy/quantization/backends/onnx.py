@@ -173,11 +173,11 @@ class OnnxBackend:
                 "emulated: ONNX Runtime's CPU provider rounds activations to fp8 and multiplies in fp32 "
                 "(no fp8 MatMul)"]
 
-    def weight_int4(self, model_path, config, target, calibration, ctx, parent) -> list[str]:
+    def weight_int4(self, model_path, config, target, calibration, ctx, parent, exclude=()) -> list[str]:
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        nodes = weight_matmuls(model_path)
+        nodes = [n for n in weight_matmuls(model_path) if n not in set(exclude)]
         level = 4 if config.accuracy_level is None else config.accuracy_level
         quantizer = MatMulNBitsQuantizer(onnx.load(str(model_path)), bits=4, block_size=config.group_size,
                                          is_symmetric=config.symmetric, accuracy_level=level or None,

@@ -224,7 +224,7 @@ class OpenVinoBackend:
         fake = sum(op.get_type_name() == "FakeConvert" for op in quantized.get_ops())
         return [f"{fake} FakeConvert ops ({fp8_format.upper()}) on activations and weights; emulated on this CPU"]
 
-    def weight_int4(self, model_path, config, target, calibration, ctx, parent) -> list[str]:
+    def weight_int4(self, model_path, config, target, calibration, ctx, parent, exclude=()) -> list[str]:
         import nncf
         from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
@@ -238,7 +238,9 @@ class OpenVinoBackend:
             advanced = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST)
             compressed = nncf.compress_weights(read_model(model_path), mode=mode[mode_name],
                                                group_size=config.group_size, ratio=ratio, dataset=dataset,
-                                               all_layers=True, advanced_parameters=advanced)
+                                               all_layers=True, advanced_parameters=advanced,
+                                               ignored_scope=nncf.IgnoredScope(names=list(exclude)) if exclude
+                                               else None)
         except (nncf.ValidationError, ValueError, RuntimeError) as exc:
             raise InputError(f"nncf weight compression: {_error(exc)}") from None
         save_model(compressed, target)
