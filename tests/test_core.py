@@ -13,10 +13,23 @@ from qdeploy.errors import ConfigError, InputError
 def test_default_plan_round_trips():
     plan = plans.default()
     assert plan.model is None and plan.task == "auto"
-    assert [m.name for m in plan.methods] == ["ort-dynamic", "ort-static", "openvino-bf16", "nncf-ptq",
-                                              "nncf-weight-int8"]
+    assert plan.methods is None and plan.to_dict()["methods"] == "default"  # the task's own, once it is known
     assert plan.batch_sizes == (1, 8) and plan.seq_len == 128
     assert plans.from_dict(plan.to_dict()) == plan
+
+
+def test_each_task_has_its_default_methods():
+    """A language model gets only recipes that keep it within 3 LAMBADA points (README, "A real language model"):
+    no int8 activations, which collapse SmolLM2-135M."""
+    from qdeploy import quantization
+    from qdeploy.tasks import task
+
+    assert task("feature-extraction").methods == ("ort-dynamic", "ort-static", "openvino-bf16", "nncf-ptq",
+                                                  "nncf-weight-int8")
+    generation = task("text-generation").methods
+    assert "ort-dynamic" not in generation and "ort-static" not in generation
+    for name in generation:
+        assert quantization.method(name).name == name  # every one is registered
 
 
 def test_plan_rejects_unknown_keys_and_wrong_types(tmp_path):

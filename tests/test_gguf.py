@@ -74,6 +74,10 @@ def test_a_text_generation_run_without_a_model_uses_smollm2(smollm):
 
     checked = pipeline.check(plans.from_dict({"task": "text-generation", "methods": ["nncf-weight-int8"]}))
     assert checked.source.path == smollm.path and checked.plan.task == "text-generation"
+    default = pipeline.check(plans.from_dict({"task": "text-generation", "methods": "default"}))
+    assert [variant for variant, *_ in default.method_configs] == list(default.plan.methods and
+                                                                       [m.variant for m in default.plan.methods])
+    assert "ort-dynamic" not in [variant for variant, *_ in default.method_configs]
 
 
 @pytest.mark.slow  # two exports of a 30-layer model, then 40 LAMBADA examples on three runtimes

@@ -164,7 +164,9 @@ def cmd_list(args, console):
     for name in evaluation.names():
         m = evaluation.metric(name)
         console.print(escape(f"  {name:18} [{', '.join(m.tasks)}] {m.description}; tolerance {m.tolerance.describe()}"))
-    console.print(f"[bold]tasks[/bold] {', '.join(TASKS.names())}")
+    console.print("[bold]tasks[/bold] (and the methods a plan's `methods: default` runs for each)")
+    for name in TASKS.names():
+        console.print(escape(f"  {name:22} {', '.join(TASKS.get(name).methods)}"))
     console.print("[bold]architectures[/bold] any that transformers loads for the task, if its export validates "
                   "against PyTorch; verified by the tests:")
     for name, families in VERIFIED_ARCHITECTURES.items():

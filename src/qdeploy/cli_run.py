@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from .errors import ConfigError
+from .plan import DEFAULT_METHODS
 
 EPILOG_RUN = """examples:
   qdeploy run
@@ -134,6 +135,8 @@ def _plan_from_args(args):
     if args.methods is not None:
         data["methods"] = [{"name": m.strip(), "options": {}} for m in args.methods.split(",") if m.strip()]
     if args.option:
+        if data["methods"] == DEFAULT_METHODS:  # options name methods: spell out the task's own
+            data["methods"] = [{"name": m, "options": {}} for m in _default_methods(data)]
         by_name = {m["name"]: m for m in data["methods"]}
         for pair in args.option:
             target, sep, value = pair.partition("=")
@@ -151,3 +154,15 @@ def _plan_from_args(args):
     if args.tolerance:
         data["tolerance"] = {**data["tolerance"], **_tolerances(args.tolerance)}
     return plans.from_dict(data, where="run flags")
+
+
+def _default_methods(data: dict) -> tuple[str, ...]:
+    """The methods `methods: default` runs for the plan's task (resolved from the model when the task is auto)."""
+    from . import models
+    from .tasks import resolve_task, task
+
+    name = data.get("task") or "auto"
+    if name == "auto":
+        source = models.resolve(data.get("model"), allow_pickle=bool(data.get("allow_pickle")))
+        name = resolve_task("auto", source.config(), bool(data.get("drop_head")))[0]
+    return task(name).methods

@@ -56,7 +56,7 @@ class Plan:
     model: str | None = None  # None: the built-in default, all-MiniLM-L6-v2
     task: str = "auto"  # auto: from the model's config.json (its architectures' head), printed and recorded
     drop_head: bool = False  # feature-extraction of a model with a task head: export the bare encoder on purpose
-    methods: tuple[MethodSpec, ...] = ()
+    methods: tuple[MethodSpec, ...] | None = None  # None (`methods: default`): the task's own (tasks.py)
     runtimes: tuple[str, ...] = ("auto",)  # "auto": every runtime available here; others are reported as not run
     batch_sizes: tuple[int, ...] = (1, 8)
     seq_len: int = 128
@@ -88,8 +88,9 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         data = to_dict(self)
-        data["methods"] = [{"name": m.name, "options": dict(m.options), **({"label": m.label} if m.label else {}),
-                            **({"format": m.format} if m.format else {})} for m in self.methods]
+        data["methods"] = DEFAULT_METHODS if self.methods is None else [
+            {"name": m.name, "options": dict(m.options), **({"label": m.label} if m.label else {}),
+             **({"format": m.format} if m.format else {})} for m in self.methods]
         data["calibration"] = to_dict(self.calibration)
         data["eval"] = dict(self.eval)
         data["tolerance"] = dict(self.tolerance)
@@ -97,7 +98,13 @@ class Plan:
         return {"schema": PLAN_SCHEMA, **data}
 
 
-def _method_specs(raw: Any) -> tuple[MethodSpec, ...]:
+DEFAULT_METHODS = "default"  # a plan's `methods: default`: the task's default methods
+
+
+def method_specs(raw: Any) -> tuple[MethodSpec, ...] | None:
+    """A plan's `methods` entry as specs; None for `default` (resolved once the task is known)."""
+    if raw == DEFAULT_METHODS:
+        return None
     if isinstance(raw, str):
         raw = [m for m in raw.split(",") if m.strip()]
     if not isinstance(raw, (list, tuple)):
@@ -166,7 +173,7 @@ def from_dict(data: dict[str, Any], where: str = "plan") -> Plan:
     schema = data.pop("schema", PLAN_SCHEMA)
     if schema != PLAN_SCHEMA:
         raise ConfigError(f"{where}: schema {schema!r} is not {PLAN_SCHEMA!r}")
-    methods = _method_specs(data.pop("methods", []))
+    methods = method_specs(data.pop("methods", []))
     calibration = build(CalibrationSpec, data.pop("calibration", None), f"{where}.calibration")
     evals = data.pop("eval", None) or {}
     if not isinstance(evals, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in evals.items()):

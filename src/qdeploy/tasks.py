@@ -7,6 +7,13 @@ from .errors import UnsupportedError
 from .registry import Registry
 
 
+# Encoders: int8 both ways (dynamic and static), NNCF's int8 and weight-only, and bf16 where the CPU has it.
+ENCODER_METHODS = ("ort-dynamic", "ort-static", "openvino-bf16", "nncf-ptq", "nncf-weight-int8")
+# Language models: only recipes that keep a real one (SmolLM2-135M) within 3 LAMBADA points of fp32, measured by
+# benchmarks/smollm2_tables.py (README, "A real language model"). ort-dynamic and plain w8a8 static collapse it.
+DECODER_METHODS = ("weight-int8", "nncf-weight-int8", "weight-int4", "openvino-bf16")
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -15,6 +22,8 @@ class Task:
     default_metric: str  # the fidelity metric used when no evaluation file is given
     generative: bool = False  # exported with a KV cache and run token by token (see exporters/causal_lm.py)
     exporter: str = ""  # module under qdeploy.exporters that exports this task, when the generic path cannot
+    # What a plan with `methods: default` (the default plan) runs for this task: plan method entries
+    methods: tuple = ENCODER_METHODS
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,7 @@ for _task in (
     Task("feature-extraction", "AutoModel", ("last_hidden_state",), "cosine"),
     Task("text-classification", "AutoModelForSequenceClassification", ("logits",), "agreement"),
     Task("text-generation", "AutoModelForCausalLM", ("logits",), "token-agreement", generative=True,
-         exporter="causal_lm"),
+         exporter="causal_lm", methods=DECODER_METHODS),
     # Not `generative`: that flag means a causal decoder (left padding, positions); seq2seq has its own exporter.
     Task("text2text-generation", "AutoModelForSeq2SeqLM", ("logits",), "seq2seq-agreement", exporter="seq2seq"),
 ):

@@ -8,7 +8,7 @@ from typing import Any
 from .. import evaluation, models, quantization, runtimes
 from ..calibration import CalibrationSource
 from ..errors import ConfigError, UnsupportedError
-from ..plan import Plan
+from ..plan import Plan, method_specs
 from ..tasks import architecture, check_task, resolve_task
 from ..tasks import max_positions as max_positions_of
 from ..tasks import task as get_task
@@ -32,8 +32,9 @@ class Checked:
 def check(plan: Plan) -> Checked:
     source = models.resolve(plan.model, allow_pickle=plan.allow_pickle, task=plan.task)
     task_name, task_reason = resolve_task(plan.task, source.config(), plan.drop_head)
-    plan = replace(plan, task=task_name)
-    the_task = get_task(plan.task)
+    the_task = get_task(task_name)
+    plan = replace(plan, task=task_name,
+                   methods=method_specs(list(the_task.methods)) if plan.methods is None else plan.methods)
     method_configs = []
     for spec in plan.methods:
         fmt = spec.format or quantization.method(spec.name).input_format
