@@ -179,7 +179,7 @@ def test_tolerances_of_the_metrics():
         "accuracy", "agreement", "lastword", "choice", "choice-norm", "token-agreement", "seq2seq-agreement", "stsb",
         "perplexity", "cosine", "bleu", "chrf", "rouge", "kl")}
     assert described == {**{name: "1 point" for name in described}, "perplexity": "2 % relative",
-                         "cosine": ">= 0.99", "kl": "0.05 nats"}
+                         "cosine": ">= 0.99", "kl": "0.05 nats", "token-agreement": ">= 0.9"}
     assert evaluation.metric("accuracy").tolerance == Tolerance("absolute", 0.01, "unit")
     assert Tolerance("absolute", 0.5).describe() == "0.5"  # no unit given: the bare number in the metric's units
     assert Tolerance("absolute", 0.005, "unit").describe() == "0.5 point"

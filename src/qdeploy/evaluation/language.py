@@ -257,7 +257,10 @@ def _against_reference(session, ctx: EvalContext, compare, name: str):
     return scored(ratio, np.stack([sums, lengths], axis=1), logprobs)
 
 
-@register("token-agreement", GENERATIVE, needs_path=False, aggregate=ratio,
+# A floor, not a point: any int8 flips near-ties among next tokens. Measured on SmolLM2-135M (benchmarks/
+# smollm2_tables.py): weight-only int8 agrees at 0.94-0.96 with LAMBADA unchanged, and a collapse (ort-dynamic) shows
+# as 0.5. One point would fail every quantized language model; 0.9 is where the issue that set the targets drew it.
+@register("token-agreement", GENERATIVE, needs_path=False, aggregate=ratio, tolerance=Tolerance("floor", 0.9),
           description="share of held-out positions where the top-1 next token equals the fp32 PyTorch model's")
 def token_agreement(session, ctx: EvalContext, path=None):
     return _against_reference(session, ctx, lambda p, q: (q.argmax(-1) == p.argmax(-1)).astype(np.float64),
