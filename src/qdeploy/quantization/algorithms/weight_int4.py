@@ -17,7 +17,8 @@ class WeightInt4:
                                                 "data_aware": "openvino"}
     group_size: int = 32  # weights sharing one scale (ONNX Runtime's block size, NNCF's group size)
     symmetric: bool = True  # int4_sym; false: int4_asym (a zero point per group)
-    # ONNX Runtime: 4 = int8 compute of the dequantized blocks (fast on CPUs); 0 = fp32 compute (none: 4)
+    # ONNX Runtime: 4 = int8 compute, activations rounded to int8 per block at run time (fast on CPUs); 0 = fp32
+    # compute (none: 4)
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
     ratio: float | None = None  # NNCF: share of layers in 4-bit, the rest int8 (none: 1.0)
     data_aware: bool | None = None  # NNCF: use the calibration set to choose which layers stay int8 (none: false)
@@ -49,7 +50,7 @@ def weight_int4(parent, config: WeightInt4, calibration, target: Path, ctx) -> M
     return MethodResult(backend.model_file, "int4-weights", backend.runtime_config(), notes)
 
 
-TEXT = "4-bit weight-only compression, group-wise (activations stay in float)"
+TEXT = "4-bit weight compression, group-wise (activations float, or int8 per block in ONNX Runtime's fast path)"
 register("weight-int4", WeightInt4, ("onnx", "openvino"),
          description=TEXT + ": ONNX Runtime MatMulNBits on onnx, NNCF compress_weights on openvino (ratio of 4-bit "
                             "layers, optionally data-aware); aliases ort-weight-int4, nncf-weight-int4")(weight_int4)
