@@ -65,14 +65,18 @@ def test_outlier_names_the_layers_it_keeps_float(parents, fmt, tmp_path):
 
 @pytest.mark.parametrize("fmt", RUNTIME)
 def test_outlier_keeps_the_lm_head_float_when_asked(parents, fmt, tmp_path):
-    """LLM.int8's checkpoints keep the output projection float: found from the graph (the Linear layer feeding the
-    logits, not the cache outputs), whatever its inputs' range."""
+    """LLM.int8's checkpoints keep the output projection float: the Linear layer producing the logits (not the cache
+    outputs), found from the graph. stories260K ties it to the embedding table: the ONNX export reads it through a
+    Transpose, so no recipe there quantizes it and the notes say so; OpenVINO folds it into one more Linear layer."""
     head = backend(fmt).head_layers(parents[fmt].model_path)
-    assert len(head) == 1 and head <= _linear_names(parents[fmt])
+    assert head <= _linear_names(parents[fmt]) and len(head) == {"onnx": 0, "openvino": 1}[fmt]
     artifact = _quantize(parents, fmt, "outlier", {"threshold": 1e6, "lm_head_float": True}, tmp_path)
     kept = [note.split()[1] for note in artifact.manifest.notes if note.startswith("float: ")]
     assert kept == sorted(head)
-    assert artifact.manifest.notes[0].endswith("(1 output layer(s) float by lm_head_float)")
+    if head:
+        assert artifact.manifest.notes[0].endswith("(1 output layer(s) float by lm_head_float)")
+    else:
+        assert "float already" in artifact.manifest.notes[-1]
 
 
 @pytest.mark.parametrize("fmt", RUNTIME)

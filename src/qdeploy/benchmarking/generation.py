@@ -82,3 +82,29 @@ def measure_generation(decoder, inputs: dict[int, list[dict[str, np.ndarray]]],
             "cv_decode": round(float(np.std(decode) / np.mean(decode)), 4) if len(decode) > 1 else 0.0,
         })
     return records
+
+
+def generation_rounds(decoders: dict, batches: list[dict[str, np.ndarray]], new_tokens: int, rounds: int,
+                      tick=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict, list[str]]:
+    """Every decoder generates the same prompts in turn, the order rotating each round: per round, each decoder's
+    time to first token and decode time, so that a ratio is taken within a round (as run_rounds does for single
+    calls) and a slowdown that hits the whole round cancels. Returns (ttft, decode, load, busy reasons)."""
+    from .load import LoadWatch, judge
+
+    names = list(decoders)
+    for name in names:  # warm-up: first calls compile and allocate
+        _once(decoders[name], batches[0], min(new_tokens, 8))
+    ttft: dict[str, list[float]] = {name: [] for name in names}
+    decode: dict[str, list[float]] = {name: [] for name in names}
+    with LoadWatch() as watch:
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                time.sleep(0.03)  # let the previous runtime's spinning threads go (interleaved.PAUSE_S)
+                first, rest = _once(decoders[name], batches[r % len(batches)], new_tokens)
+                ttft[name].append(first)
+                decode[name].append(rest)
+            if tick:
+                tick()
+    load = {"before_load1": round(watch.load1_before, 2), **watch.sample.to_dict()}
+    return ({n: np.array(v) for n, v in ttft.items()}, {n: np.array(v) for n, v in decode.items()}, load,
+            judge(watch.sample, watch.load1_before).reasons)

@@ -54,6 +54,9 @@ def outlier(parent, config: Outlier, calibration, target: Path, ctx) -> MethodRe
     head = frozenset(backend.head_layers(parent.model_path)) if config.lm_head_float else frozenset()
     kept, total, notes = outlier_layers(graph, calibration.batches(ctx.tokenizer, list(parent.manifest.inputs)),
                                         config.threshold, head)
+    if config.lm_head_float and not head:
+        notes.append("lm_head_float: the output is not produced by a Linear layer with a constant weight (a tied "
+                     "lm_head read through a Transpose of the embedding table), so it is float already")
     ctx.progress(f"outlier: {len(kept)} of {total} layers stay float (threshold {config.threshold})")
     if len(kept) == total:  # nothing left to quantize: the float graph is the answer
         graph.save(target / backend.model_file)

@@ -85,21 +85,20 @@ def embedding_gathers(model_path: Path) -> list[str]:
 
 
 def head_matmuls(model_path: Path) -> set[str]:
-    """The Linear layers within four nodes of the graph's first output (the task's: a language model's logits, not
-    its cache): the lm_head, found from the graph, not from names, as ffn_matmuls."""
+    """The Linear layer that produces the graph's first output (the task's: a language model's logits, not its
+    cache): the last MatMul on the way back from that output, within four nodes, if it has a constant weight. Empty
+    when that MatMul reads a computed weight: a tied lm_head exported as a Transpose of the embedding table, which no
+    recipe here quantizes (SmolLM2's ONNX graph)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    outputs = {graph.output[0].name}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    linears = set(weight_matmuls(model_path))
-    down = lambda node: [r for out in node.output for r in readers.get(out, [])]
-    reaches = lambda node: bool(outputs & set(node.output)) or any(
-        outputs & set(n.output) for n in within(node, down))
-    return {n.name for n in graph.node if n.name in linears and reaches(n)}
+    producer = {out: node for node in graph.node for out in node.output}
+    frontier, found = [graph.output[0].name], set()
+    for _ in range(4):
+        nodes = [producer[name] for name in frontier if name in producer]
+        found |= {n.name for n in nodes if n.op_type == "MatMul"}
+        frontier = [name for n in nodes if n.op_type != "MatMul" for name in n.input]
+    return found & set(weight_matmuls(model_path))
 
 
 class OnnxLinears(LinearGraph):

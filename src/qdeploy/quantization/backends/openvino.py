@@ -148,13 +148,15 @@ class OpenVinoLinears(LinearGraph):
         return found
 
     def head_names(self) -> set[str]:
-        """Linear layers within four ops of the model's first Result (the task's output, not the cache): a
-        language model's lm_head, as head_matmuls finds it."""
-        down = lambda node: [target.get_node() for out in node.outputs() for target in out.get_target_inputs()]
-        result = self.model.get_results()[0]
-        return {op.get_friendly_name() for op, _ in self._matmuls() if any(n is result or n.get_friendly_name()
-                                                                              == result.get_friendly_name()
-                                                                              for n in within(op, down))}
+        """The Linear layer that produces the model's first Result (the task's output, not the cache): the last
+        MatMul on the way back from it, within four ops, as head_matmuls finds it."""
+        linears = {op.get_friendly_name() for op, _ in self._matmuls()}
+        frontier, found = [self.model.get_results()[0]], set()
+        for _ in range(5):  # the Result itself, then four ops
+            found |= {n.get_friendly_name() for n in frontier if n.get_type_name() == "MatMul"}
+            frontier = [value.get_node() for n in frontier if n.get_type_name() != "MatMul"
+                        for value in n.input_values()]
+        return found & linears
 
 
 def _error(exc: Exception) -> str:
