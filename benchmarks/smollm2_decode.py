@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import peak_rss_mb, size_mb
-from smollm2_tables import CALIBRATION, RUNTIME, SEED, VARIANTS, slug, split_lambada
+from smollm2_tables import RUNTIME, VARIANTS, setup, slug
 
 DECODE_VARIANTS = ["onnx fp32", "openvino fp32", "w8a8 per-block (weight-int8, onnx)", "w8 (weight-int8, openvino)",
                    "w4a8 per-block (weight-int4 group 32, onnx)", "w4 (weight-int4 group 32, openvino)",
@@ -28,19 +28,10 @@ PROMPT, NEW_TOKENS = 128, 64
 
 def artifacts(work: Path, labels: list[str]):
     """label -> (artifact, runtime), made (and kept) where smollm2_tables.py has not made them yet."""
-    from qdeploy import exporters, models, quantization
+    from qdeploy import quantization
     from qdeploy.artifact import Artifact
-    from qdeploy.calibration import CalibrationSource
 
-    source = models.resolve(None, task="text-generation")
-    parents = {}
-    for fmt in RUNTIME:
-        target = work / "artifacts" / f"fp32-{fmt}"
-        parents[fmt] = (Artifact.load(target) if (target / "manifest.json").exists()
-                        else exporters.export(source, "text-generation", fmt, target))
-    _, calibration_file = split_lambada(work)
-    calibration = CalibrationSource(str(calibration_file), samples=CALIBRATION, seed=SEED, max_length=128,
-                                    batch_size=8)
+    source, parents, _, calibration = setup(work)
     found = {}
     for variant in VARIANTS:
         if variant.label not in labels:

@@ -97,6 +97,25 @@ def split_lambada(work: Path) -> tuple[Path, Path]:
     return evaluated, calibration
 
 
+def setup(work: Path):
+    """The default generative model, its fp32 ONNX and OpenVINO exports (kept under `work`), the evaluated LAMBADA
+    examples and the calibration source: what both SmolLM2 scripts start from."""
+    from qdeploy import exporters, models
+    from qdeploy.artifact import Artifact
+    from qdeploy.calibration import CalibrationSource
+
+    evaluated, calibration_file = split_lambada(work)
+    source = models.resolve(None, task="text-generation")
+    parents = {}
+    for fmt in RUNTIME:
+        target = work / "artifacts" / f"fp32-{fmt}"
+        parents[fmt] = (Artifact.load(target) if (target / "manifest.json").exists()
+                        else exporters.export(source, "text-generation", fmt, target))
+    calibration = CalibrationSource(str(calibration_file), samples=CALIBRATION, seed=SEED, max_length=128,
+                                    batch_size=8)
+    return source, parents, evaluated, calibration
+
+
 def score(session, ctx, examples, wiki_tokens: list[int]) -> dict:
     """Last-word hits, greedy next tokens at every position, and WikiText NLL per window, for one session."""
     from qdeploy.evaluation.language import _continuation, left_pad, token_logprobs, windows
@@ -268,27 +287,16 @@ def main() -> int:
     if not args.report:
         from transformers import AutoTokenizer
 
-        from qdeploy import exporters, models
-        from qdeploy.artifact import Artifact
-        from qdeploy.calibration import CalibrationSource
         from qdeploy.evaluation import EvalContext
         from qdeploy.evaluation.language import read_lastword
         from qdeploy.tasks import for_generation
 
-        evaluated, calibration_file = split_lambada(work)
-        source = models.resolve(None, task="text-generation")
-        parents = {}
-        for fmt in RUNTIME:
-            target = work / "artifacts" / f"fp32-{fmt}"
-            parents[fmt] = (Artifact.load(target) if (target / "manifest.json").exists()
-                            else exporters.export(source, "text-generation", fmt, target))
+        source, parents, evaluated, calibration = setup(work)
         tokenizer = AutoTokenizer.from_pretrained(str(source.path))
         for_generation(tokenizer)
         ctx = EvalContext(tokenizer, ["input_ids", "attention_mask"], batch_size=16)
         examples = read_lastword(evaluated)
         wiki = tokenizer(WIKITEXT.read_text(encoding="utf-8"))["input_ids"][:WIKI_TOKENS]
-        calibration = CalibrationSource(str(calibration_file), samples=CALIBRATION, seed=SEED, max_length=128,
-                                        batch_size=8)
         only = set(args.only.split(",")) if args.only else None
         for variant in VARIANTS:
             if (only and variant.label not in only) or (not only and keep(variant).exists()):
