@@ -70,7 +70,7 @@ VARIANTS = [  # in the order they are computed: the defaults' evidence first, th
     _v("outlier 6 openvino", "outlier", "openvino", "llm.int8", threshold=6.0),
     _v("outlier 6, lm_head float, openvino", "outlier", "openvino", "llm.int8", threshold=6.0, lm_head_float=True),
     _v("w4 + accuracy-aware fallback onnx", "auto", "onnx", "weight-only", mode="weight-int4", metric="perplexity",
-       tolerance=0.02, relative=True),
+       tolerance=0.02, relative=True, time_budget_s=300.0),
     _v("w8 a-fp8 E4M3 openvino", "fp8", "openvino", "quanto", format="e4m3"),
     _v("w8 a-fp8 E5M2 openvino", "fp8", "openvino", "quanto", format="e5m2"),
     _v("w4/w8 mixed openvino, ratio 0.8, data-aware", "weight-int4", "openvino", "weight-only", ratio=0.8,

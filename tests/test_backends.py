@@ -95,6 +95,20 @@ def test_weight_int4(parents, fmt, tmp_path):
     assert len(artifact.manifest.notes) == {"onnx": 1, "openvino": 2}[fmt]
 
 
+@pytest.mark.parametrize("fmt", RUNTIME)
+def test_weight_int4_keeps_excluded_layers_float(parents, fmt, tmp_path):
+    """What auto mode=weight-int4 relies on: a layer it sends back to float really stays float."""
+    from qdeploy.quantization.algorithms.weight_int4 import WeightInt4
+
+    # not the tied lm_head: on OpenVINO it shares its constant with the embedding table, which is compressed anyway
+    keep = sorted(_linear_names(parents[fmt]) - backend(fmt).head_layers(parents[fmt].model_path))[0]
+    (tmp_path / "out").mkdir()
+    backend(fmt).weight_int4(parents[fmt].model_path, WeightInt4(), tmp_path / "out", CALIBRATION, None,
+                             parents[fmt], exclude=[keep])
+    float_layers = {layer.name for layer in backend(fmt).read(tmp_path / "out" / backend(fmt).model_file).linears()}
+    assert keep in float_layers and len(float_layers) < len(_linear_names(parents[fmt]))
+
+
 def test_nncf_mixed_4_and_8_bit_names_the_layers_that_fell_back(parents, tmp_path):
     artifact = _quantize(parents, "openvino", "nncf-weight-int4", {"ratio": 0.6}, tmp_path)
     summary = artifact.manifest.notes[1]

@@ -179,9 +179,11 @@ class OnnxBackend:
 
         nodes = [n for n in weight_matmuls(model_path) if n not in set(exclude)]
         level = 4 if config.accuracy_level is None else config.accuracy_level
+        # nodes_to_exclude, not only nodes_to_include: ORT quantizes every MatMul of op_types_to_quantize whether or
+        # not it is included, so an include list alone kept nothing float.
         quantizer = MatMulNBitsQuantizer(onnx.load(str(model_path)), bits=4, block_size=config.group_size,
                                          is_symmetric=config.symmetric, accuracy_level=level or None,
-                                         nodes_to_include=nodes)
+                                         nodes_to_include=nodes, nodes_to_exclude=list(exclude) or None)
         quantizer.process()
         quantizer.model.save_model_to_file(str(target / MODEL_FILE), use_external_data_format=False)
         return [f"{len(nodes)} MatMul weights in 4-bit blocks of {config.group_size}"]
