@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from qdeploy import exporters, models
+from qdeploy import exporters, models, tasks
 from qdeploy.errors import InputError
 
 from .conftest import SHARED
@@ -75,8 +75,7 @@ def test_a_text_generation_run_without_a_model_uses_smollm2(smollm):
     checked = pipeline.check(plans.from_dict({"task": "text-generation", "methods": ["nncf-weight-int8"]}))
     assert checked.source.path == smollm.path and checked.plan.task == "text-generation"
     default = pipeline.check(plans.from_dict({"task": "text-generation", "methods": "default"}))
-    assert [variant for variant, *_ in default.method_configs] == list(default.plan.methods and
-                                                                       [m.variant for m in default.plan.methods])
+    assert [variant for variant, *_ in default.method_configs] == list(tasks.task("text-generation").methods)
     assert "ort-dynamic" not in [variant for variant, *_ in default.method_configs]
 
 

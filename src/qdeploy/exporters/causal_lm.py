@@ -31,6 +31,12 @@ OPENVINO_FILE = "openvino_model.xml"
 # Beyond this the protobuf limit (2 GB) is near: weights go to an external file next to the graph.
 EXTERNAL_DATA_BYTES = 1_800_000_000
 GREEDY_STEPS = 8
+# For ONNX Runtime the graph is written at opset 23, whose Attention (grouped-query, cache in and out),
+# RotaryEmbedding and RMSNormalization the exporter emits for SDPA models and ONNX Runtime runs as single kernels:
+# SmolLM2-135M's int8 decode step took 18 ms instead of 28 ms at opset 18 (ORT 1.32, 2 cores). OpenVINO IR is
+# converted from an opset-18 graph, whose patterns its own transformations fuse.
+ONNX_RUNTIME_OPSET = 23
+BASE_OPSET = 18
 # fp32 stateful OpenVINO: the cache must stay f32 too (the CPU plugin may otherwise compress it to u8 or f16).
 
 
@@ -125,7 +131,7 @@ def _write_onnx(wrapped, example: tuple, names_in: list[str], names_out: list[st
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapped, example, str(target / ONNX_FILE), dynamo=True, input_names=names_in,
-                          output_names=names_out, dynamic_shapes=(tuple(shapes),), opset_version=max(opset, 18),
+                          output_names=names_out, dynamic_shapes=(tuple(shapes),), opset_version=opset,
                           external_data=large, verbose=False)
 
 
@@ -186,13 +192,14 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
     spec: dict[str, Any] = {"past_inputs": past_in, "present_outputs": present_out, "past_shape": past_shape,
                             "layers": layers, "pad_token_id": pad, "eos_token_id": eos, "stateful": False}
+    graph_opset = max(opset or arch.opset, ONNX_RUNTIME_OPSET if fmt_name == "onnx" and opset is None else BASE_OPSET)
     with staging(Path(out), overwrite=overwrite) as tmp:
-        say(f"exporting to {fmt_name} with a KV cache ({layers} layers)")
+        say(f"exporting to {fmt_name} with a KV cache ({layers} layers, opset {graph_opset})")
         graph_dir = tmp if fmt_name == "onnx" else Path(tempfile.mkdtemp(prefix="onnx-", dir=tmp))
         via = "" if fmt_name == "onnx" else " (on the way to openvino)"
         with step(source.model_type, f"exporting to onnx{via}"):
             _write_onnx(_wrap(model, input_names, layers), example, [*input_names, *past_in],
-                        ["logits", *present_out], past_in, graph_dir, opset or arch.opset, large)
+                        ["logits", *present_out], past_in, graph_dir, graph_opset, large)
         runtime_config: dict[str, Any] = runtime_config_of("onnx")
         model_file = ONNX_FILE
         if fmt_name == "openvino":

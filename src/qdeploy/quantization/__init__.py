@@ -152,6 +152,10 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
         with RssSampler() as memory:
             result: MethodResult = the_method.apply(parent, config, calibration, tmp, ctx)
         runtime_config, notes = result.runtime_config, list(result.notes)
+        from .backends import BACKENDS
+
+        if parent.format in BACKENDS:  # e.g. an ONNX Runtime optimizer the written graph cannot load with
+            runtime_config = BACKENDS.get(parent.format).load_settings(tmp / result.model_file, runtime_config)
         if kind == DECODER:
             # How the KV cache is carried does not change with the weights' precision.
             runtime_config = {**runtime_config, "decoder": parent.manifest.runtime_config["decoder"]}

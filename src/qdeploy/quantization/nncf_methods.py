@@ -1,4 +1,5 @@
-"""NNCF on OpenVINO models: post-training quantization (w8a8) and weight-only compression."""
+"""NNCF post-training quantization (w8a8) of OpenVINO models. Its weight-only compression is weight-int8 and
+weight-int4 (algorithms/), whose nncf-* names are aliases."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ from typing import Literal
 from ..artifact import Artifact
 from ..errors import InputError
 from . import MethodResult, register
-from .backends.openvino import MODEL_FILE, OPENVINO, compress_int8, read_model, save_model
+from .backends.openvino import OPENVINO, read_model, save_model
 
 
 @dataclass(frozen=True)
@@ -45,17 +46,3 @@ def nncf_ptq(parent: Artifact, config: NncfPtq, calibration, target: Path, ctx):
         raise InputError(f"nncf-ptq: {exc}") from None
     return MethodResult(save_model(quantized, target), "int8", OPENVINO.runtime_config(),
                         [f"preset {config.preset}, model_type transformer"])
-
-
-@dataclass(frozen=True)
-class NncfWeightInt8:
-    mode: Literal["int8_asym", "int8_sym"] = "int8_asym"
-
-
-@register("nncf-weight-int8", NncfWeightInt8, "openvino",
-          description="NNCF weight-only int8 compression (activations stay in float); weight-int8 is the same "
-                      "on both formats")
-def nncf_weight_int8(parent: Artifact, config: NncfWeightInt8, calibration, target: Path, ctx):
-    ctx.progress("nncf-weight-int8: compressing weights")
-    compress_int8(parent.model_path, config.mode == "int8_sym", target)
-    return MethodResult(MODEL_FILE, "int8-weights", OPENVINO.runtime_config(), [f"mode {config.mode}"])

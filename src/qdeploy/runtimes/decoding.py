@@ -124,15 +124,10 @@ class _ExplicitCache(Decoder):
 
 class OrtDecoder(_ExplicitCache):
     def __init__(self, artifact: Artifact, provider: str, provider_options: dict, threads: int | None, **kwargs):
-        import onnxruntime as ort
+        from .onnxruntime_rt import session
 
         super().__init__(**kwargs)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(artifact.model_path), options, providers=[provider],
-                                            provider_options=[provider_options])
+        self.session = session(artifact, [(provider, provider_options)], threads)
         self._outputs = [o.name for o in self.session.get_outputs()]
 
     def _infer(self, feed):

@@ -9,19 +9,26 @@ from ..artifact import Artifact
 from . import RUNTIMES
 
 
+def session(artifact: Artifact, providers: list[tuple[str, dict]], threads: int | None):
+    """An InferenceSession for the artifact's graph with the session settings its manifest asks for."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    config = artifact.manifest.runtime_config.get("onnxruntime", {})
+    options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, config.get("graph_optimization_level", "ORT_ENABLE_ALL"))
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(artifact.model_path), options, providers=[p for p, _ in providers],
+                                provider_options=[o for _, o in providers],
+                                disabled_optimizers=list(config.get("disabled_optimizers", [])))
+
+
 class OrtSession:
     def __init__(self, artifact: Artifact, providers: list[tuple[str, dict]], threads: int | None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        config = artifact.manifest.runtime_config.get("onnxruntime", {})
-        options.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, config.get("graph_optimization_level", "ORT_ENABLE_ALL"))
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(artifact.model_path), options, providers=[p for p, _ in providers],
-                                            provider_options=[o for _, o in providers])
+        self.session = session(artifact, providers, threads)
+        options = self.session.get_session_options()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.provider_options = providers[0][1]
@@ -32,6 +39,9 @@ class OrtSession:
         self.settings = {"providers": self.session.get_providers(),
                          "provider_options": {p: dict(applied.get(p, o)) for p, o in providers},
                          "session_options": self.session_options, "io_binding": False}
+        disabled = artifact.manifest.runtime_config.get("onnxruntime", {}).get("disabled_optimizers")
+        if disabled:
+            self.settings["disabled_optimizers"] = list(disabled)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: inputs[name] for name in self.input_names}

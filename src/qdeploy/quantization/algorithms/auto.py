@@ -124,7 +124,7 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx) -> Meth
 
     def score(model_path: Path) -> float:
         # The format's settings for a quantized model, over the parent's own (a decoder's cache layout travels there)
-        settings = {**parent.manifest.runtime_config, **backend.runtime_config()}
+        settings = backend.load_settings(model_path, {**parent.manifest.runtime_config, **backend.runtime_config()})
         manifest = Manifest(format=backend.format, model_file=model_path.name, precision="int8",
                             task=parent.manifest.task, source=parent.manifest.source, runtime_config=settings,
                             inputs=list(parent.manifest.inputs), outputs=list(parent.manifest.outputs))

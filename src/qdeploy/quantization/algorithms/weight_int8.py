@@ -34,6 +34,20 @@ class WeightInt8:
             raise ConfigError(f"weight-int8 group_size must be a power of two >= 16 on onnx, got {size}")
 
 
+@dataclass(frozen=True)
+class NncfWeightInt8(WeightInt8):
+    """nncf-weight-int8: weight-int8 on OpenVINO. `mode` is the name's older spelling of `symmetric`, kept so that
+    plans written for it still mean what they said."""
+    mode: Literal["int8_asym", "int8_sym"] | None = None
+
+    def __post_init__(self):
+        if self.mode is None:
+            return
+        if self.symmetric and self.mode == "int8_asym":
+            raise ConfigError("nncf-weight-int8: mode int8_asym contradicts symmetric=true; give one of them")
+        object.__setattr__(self, "symmetric", self.mode == "int8_sym")
+
+
 def weight_int8(parent, config: WeightInt8, calibration, target: Path, ctx) -> MethodResult:
     backend = backend_for(parent)
     ctx.progress(f"weight-int8: {'symmetric' if config.symmetric else 'asymmetric'} int8 weights")
@@ -44,4 +58,7 @@ def weight_int8(parent, config: WeightInt8, calibration, target: Path, ctx) -> M
 register("weight-int8", WeightInt8, ("onnx", "openvino"),
          description="int8 weights: ONNX Runtime MatMulNBits (8 bits, block-wise; its fast path also rounds "
                      "activations to int8 per block of 32) on onnx, NNCF compress_weights (per-channel, activations "
-                     "float) on openvino")(weight_int8)
+                     "float) on openvino; alias nncf-weight-int8")(weight_int8)
+register("nncf-weight-int8", NncfWeightInt8, "openvino",
+         description="alias of weight-int8 on openvino: NNCF weight-only int8 compression, per-channel (activations "
+                     "stay in float)")(weight_int8)

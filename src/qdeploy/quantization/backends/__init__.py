@@ -85,6 +85,9 @@ class GraphBackend(Protocol):
     def runtime_config(self) -> dict[str, Any]:
         """The format's default runtime settings for a quantized artifact (a fresh copy)."""
 
+    def load_settings(self, model_path: Path, runtime_config: dict[str, Any]) -> dict[str, Any]:
+        """`runtime_config` with what the written graph needs to load (a runtime's workaround), else unchanged."""
+
     def read(self, model_path: Path) -> LinearGraph:
         """The float graph at `model_path`, to list, measure, change and save its Linear layers."""
 

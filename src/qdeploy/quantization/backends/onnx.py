@@ -13,7 +13,7 @@ from ...formats import runtime_config
 from ...machine import has_vnni
 from . import BACKENDS, Int8Settings
 from .onnx_graph import (OnnxLinears, embedding_gathers, ffn_down_matmuls, ffn_matmuls, head_matmuls,
-                         weight_matmuls)
+                         quantize_embeddings, untie_head, weight_matmuls)
 
 MODEL_FILE = "model.onnx"
 FP8_OPSET = 19  # QuantizeLinear/DequantizeLinear take float8 types from opset 19
@@ -112,11 +112,28 @@ def retype_activations(model_path: Path, fmt: str) -> int:
     return len(retyped)
 
 
+# ONNX Runtime 1.32's QDQ propagation copies a QuantizeLinear across a Reshape with an opset-21 `output_dtype` that
+# contradicts its zero point's type, and the session fails to load ("output_dtype INT8 does not match y_zero_point
+# type UINT8"). A QDQ graph at opset 21 or later (causal LMs export at 23) turns that one optimizer off.
+QDQ_PROPAGATION = "QDQPropagationTransformer"
+
+
+def _load_settings(model_path: Path, runtime_config: dict[str, Any]) -> dict[str, Any]:
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 21 or not any(node.op_type == "QuantizeLinear" for node in model.graph.node):
+        return runtime_config
+    settings = {**runtime_config.get("onnxruntime", {}), "disabled_optimizers": [QDQ_PROPAGATION]}
+    return {**runtime_config, "onnxruntime": settings}
+
+
 def _check_runs(model_path: Path) -> None:
     import onnxruntime as ort
 
     try:
-        ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"], disabled_optimizers=[QDQ_PROPAGATION])
     except Exception as exc:  # a build without float8 kernels fails here, not at quantization
         raise UnsupportedError(f"this ONNX Runtime cannot run float8 QDQ: {str(exc).splitlines()[0]}") from None
 
@@ -128,6 +145,9 @@ class OnnxBackend:
 
     def runtime_config(self) -> dict[str, Any]:
         return runtime_config("onnx")
+
+    def load_settings(self, model_path: Path, runtime_config: dict[str, Any]) -> dict[str, Any]:
+        return _load_settings(model_path, runtime_config)
 
     def read(self, model_path: Path) -> OnnxLinears:
         return OnnxLinears(model_path)
@@ -174,33 +194,57 @@ class OnnxBackend:
                 "(no fp8 MatMul)"]
 
     def weight_int4(self, model_path, config, target, calibration, ctx, parent, exclude=()) -> list[str]:
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        nodes = [n for n in weight_matmuls(model_path) if n not in set(exclude)]
         level = 4 if config.accuracy_level is None else config.accuracy_level
+        model, head = _untied(model_path)
+        nodes = [n for n in weight_matmuls(model_path) if n not in set(exclude)]
         # nodes_to_exclude, not only nodes_to_include: ORT quantizes every MatMul of op_types_to_quantize whether or
-        # not it is included, so an include list alone kept nothing float.
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(model_path)), bits=4, block_size=config.group_size,
-                                         is_symmetric=config.symmetric, accuracy_level=level or None,
-                                         nodes_to_include=nodes, nodes_to_exclude=list(exclude) or None)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(target / MODEL_FILE), use_external_data_format=False)
-        return [f"{len(nodes)} MatMul weights in 4-bit blocks of {config.group_size}"]
+        # not it is included, so an include list alone kept nothing float. The head is 8-bit below.
+        model = _nbits(model, 4, config.group_size, config.symmetric, level, nodes, [*exclude, *filter(None, [head])])
+        notes = [f"{len(nodes)} MatMul weights in 4-bit blocks of {config.group_size}"]
+        if head:  # 8 bits for the head and the table, as NNCF's 4-bit compression keeps them
+            model = _nbits(model, 8, 32, config.symmetric, level, [head], list(exclude))
+            notes.append(f"the tied lm_head ({head}) given its own weight, in 8-bit blocks of 32")
+        notes += _embeddings(model, config.symmetric)
+        model.save_model_to_file(str(target / MODEL_FILE), use_external_data_format=False)
+        return notes
 
     def weight_int8(self, model_path, config, target) -> list[str]:
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        nodes = weight_matmuls(model_path)
         size = config.group_size or 32
         level = 4 if config.accuracy_level is None else config.accuracy_level
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(model_path)), bits=8, block_size=size,
-                                         is_symmetric=config.symmetric, accuracy_level=level or None,
-                                         nodes_to_include=nodes)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(target / MODEL_FILE), use_external_data_format=False)
-        return [f"{len(nodes)} MatMul weights in 8-bit blocks of {size}"]
+        model, head = _untied(model_path)
+        nodes = weight_matmuls(model_path) + ([head] if head else [])
+        model = _nbits(model, 8, size, config.symmetric, level, nodes, [])
+        notes = [f"{len(nodes)} MatMul weights in 8-bit blocks of {size}"]
+        if head:
+            notes.append(f"the tied lm_head ({head}) given its own weight, so that it is int8 too")
+        notes += _embeddings(model, config.symmetric)
+        model.save_model_to_file(str(target / MODEL_FILE), use_external_data_format=False)
+        return notes
 
+
+def _untied(model_path: Path):
+    """The graph with a tied lm_head given its own weight, and that head's name (None: nothing was tied)."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    return model, untie_head(model)
+
+
+def _nbits(model, bits: int, block: int, symmetric: bool, level: int, nodes: list[str], exclude: list[str]):
+    """ONNX Runtime's MatMulNBits quantization of `nodes`; returns its ONNXModel wrapper (`.model` is the graph)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = getattr(model, "model", model)
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric,
+                                     accuracy_level=level or None, nodes_to_include=nodes,
+                                     nodes_to_exclude=exclude or None)
+    quantizer.process()
+    return quantizer.model
+
+
+def _embeddings(model, symmetric: bool) -> list[str]:
+    tables = quantize_embeddings(model.model, symmetric)
+    return [f"embedding table{'s' if len(tables) > 1 else ''} {', '.join(tables)} in 8-bit blocks of 32 "
+            f"(GatherBlockQuantized)"] if tables else []
 
 ONNX = BACKENDS.register("onnx")(OnnxBackend())

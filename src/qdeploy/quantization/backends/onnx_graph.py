@@ -43,8 +43,10 @@ def ffn_matmuls(model_path: Path) -> set[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
-    up_of = lambda node: [producer[i] for i in node.input if i in producer]
-    down_of = lambda node: [c for o in node.output for c in consumers.get(o, [])]
+    # A walk ends at a Linear layer: past it lies the other block (with a fused RMSNormalization, the attention
+    # output projection is four steps up from the feed-forward activation).
+    up_of = lambda node: [] if node.op_type == "MatMul" else [producer[i] for i in node.input if i in producer]
+    down_of = lambda node: [] if node.op_type == "MatMul" else [c for o in node.output for c in consumers.get(o, [])]
     found = set()
     for node in graph.node:
         if node.op_type in ACTIVATIONS:
@@ -157,3 +159,87 @@ class OnnxLinears(LinearGraph):
         import onnx
 
         onnx.save_model(self.model, str(path))
+
+
+def untie_head(model) -> str | None:
+    """Give a tied lm_head its own weight, in place: the logits MatMul reading `Transpose(embedding table)` reads a
+    transposed copy instead. Returns the MatMul's name, or None when the head has a weight of its own already.
+
+    Why: a Transpose of a constant is not a constant weight to ONNX Runtime's quantizers, so the head (SmolLM2's is
+    a quarter of the model's bytes and of a decode step's weight traffic) stayed fp32 in every recipe, and the session
+    kept a folded fp32 copy of the table besides the embedding's own.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    tables = {init.name: init for init in graph.initializer if len(init.dims) == 2}
+    frontier = [graph.output[0].name]
+    for _ in range(4):
+        nodes = [producer[name] for name in frontier if name in producer]
+        for node in nodes:
+            if node.op_type != "MatMul" or node.input[1] not in producer:
+                continue
+            transpose = producer[node.input[1]]
+            perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), [1, 0])
+            if transpose.op_type != "Transpose" or transpose.input[0] not in tables or perm != [1, 0]:
+                continue
+            table = tables[transpose.input[0]]
+            weight = numpy_helper.to_array(table).T.copy()
+            name = f"{node.name}.untied_weight"
+            graph.initializer.append(numpy_helper.from_array(weight, name))
+            node.input[1] = name
+            if not any(transpose.output[0] in n.input for n in graph.node):
+                graph.node.remove(transpose)
+            return node.name
+        frontier = [name for n in nodes if n.op_type != "MatMul" for name in n.input]
+    return None
+
+
+def quantize_embeddings(model, symmetric: bool, block: int = 32) -> list[str]:
+    """Embedding tables to 8 bits in blocks of `block` along the hidden axis, in place: each Gather reading a 2-D
+    float table that nothing else reads becomes GatherBlockQuantized. Returns the tables' names.
+
+    ONNX Runtime's weight-only quantizer writes that op for 4-bit tables only; at 8 bits a table costs a quarter of its
+    fp32 bytes (SmolLM2's is 113 MB) and a lookup stays a lookup."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    done = []
+    for init in list(graph.initializer):
+        nodes = readers.get(init.name, [])
+        axis = [next((a.i for a in n.attribute if a.name == "axis"), 0) for n in nodes]
+        if (len(init.dims) != 2 or init.data_type != 1 or init.dims[1] % block or not nodes
+                or any(n.op_type != "Gather" or n.input[0] != init.name for n in nodes) or any(axis)):
+            continue
+        table = numpy_helper.to_array(init).astype(np.float32)
+        blocks = table.reshape(table.shape[0], -1, block)
+        if symmetric:  # zero point 128: signed values in unsigned storage, as MatMulNBits' symmetric 8-bit
+            scale = np.abs(blocks).max(axis=-1) / 127
+            zero = np.full(scale.shape, 128, dtype=np.uint8)
+        else:
+            low, high = np.minimum(blocks.min(axis=-1), 0), np.maximum(blocks.max(axis=-1), 0)
+            scale = (high - low) / 255
+            zero = np.clip(np.round(-low / np.where(scale > 0, scale, 1)), 0, 255).astype(np.uint8)
+        scale = np.where(scale > 0, scale, 1).astype(np.float32)
+        data = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, 255).astype(np.uint8)
+        prefix = init.name
+        graph.initializer.remove(init)
+        graph.initializer.extend([numpy_helper.from_array(data.reshape(table.shape), prefix + "_q8"),
+                                  numpy_helper.from_array(scale, prefix + "_scales"),
+                                  numpy_helper.from_array(zero, prefix + "_zero_points")])
+        for node in nodes:
+            quantized = helper.make_node("GatherBlockQuantized", [prefix + "_q8", node.input[1], prefix + "_scales",
+                                                                  prefix + "_zero_points"], list(node.output),
+                                         name=node.name + "_q8", domain="com.microsoft", bits=8, block_size=block,
+                                         gather_axis=0, quantize_axis=1)
+            graph.node.insert(list(graph.node).index(node), quantized)
+            graph.node.remove(node)
+        done.append(prefix)
+    if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return done

@@ -171,6 +171,9 @@ class OpenVinoBackend:
     def runtime_config(self) -> dict[str, Any]:
         return runtime_config("openvino")
 
+    def load_settings(self, model_path: Path, runtime_config: dict[str, Any]) -> dict[str, Any]:
+        return runtime_config
+
     def read(self, model_path: Path) -> OpenVinoLinears:
         return OpenVinoLinears(model_path)
 
