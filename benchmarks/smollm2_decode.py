@@ -43,7 +43,7 @@ def artifacts(work: Path, labels: list[str]):
         target = work / "artifacts" / slug(variant.label)
         artifact = (Artifact.load(target) if (target / "manifest.json").exists() else
                     quantization.quantize(parents[variant.fmt], quantization.make_config(variant.method,
-                                                                                         variant.options),
+                                                                                         variant.options, variant.fmt),
                                           target, calibration))
         found[variant.label] = (artifact, RUNTIME[variant.fmt])
     return source, parents, found

@@ -61,7 +61,8 @@ def profile(directory: Path, prompt: np.ndarray, threads: int | None) -> tuple[d
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/smollm2-tables")
-    parser.add_argument("--artifacts", default=",".join(DEFAULT), help="comma-separated directories under OUT/artifacts")
+    parser.add_argument("--artifacts", default=",".join(DEFAULT),
+                        help="comma-separated directories under OUT/artifacts")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--top", type=int, default=8, help="operator types to list by name (the rest summed)")
     args = parser.parse_args()

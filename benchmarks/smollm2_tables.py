@@ -160,7 +160,8 @@ def run_variant(variant: Variant, parents, source, calibration, ctx, examples, w
         else:
             options = {**variant.options, **({"eval": str(work / "lambada-search.txt")}
                                              if variant.method == "auto" else {})}
-            artifact = quantization.quantize(parents[variant.fmt], quantization.make_config(variant.method, options),
+            artifact = quantization.quantize(parents[variant.fmt], quantization.make_config(variant.method, options,
+                                                                                         variant.fmt),
                                              target, calibration)
         notes = list(artifact.manifest.notes)
         runtime = RUNTIME[variant.fmt]

@@ -146,7 +146,8 @@ def test_weight_int8_keeps_activations_float_and_shrinks_the_weights(parents, fm
 def test_aliases_are_the_same_algorithm_with_their_own_defaults():
     for alias, name, fmt in [("nncf-smoothquant", "smoothquant", "openvino"), ("nncf-outlier", "outlier", "openvino"),
                              ("nncf-fp8", "fp8", "openvino"), ("nncf-weight-int4", "weight-int4", "openvino"),
-                             ("ort-weight-int4", "weight-int4", "onnx"), ("nncf-weight-int8", "weight-int8", "openvino")]:
+                             ("ort-weight-int4", "weight-int4", "onnx"),
+                             ("nncf-weight-int8", "weight-int8", "openvino")]:
         assert quantization.method(alias).apply is quantization.method(name).apply
         assert quantization.method(alias).formats == (fmt,) and name in quantization.method(name).description
         assert alias in quantization.method(name).description

@@ -124,7 +124,7 @@ class _ExplicitCache(Decoder):
 
 class OrtDecoder(_ExplicitCache):
     def __init__(self, artifact: Artifact, provider: str, provider_options: dict, threads: int | None, **kwargs):
-        from .onnxruntime_rt import session
+        from .ort_session import session
 
         super().__init__(**kwargs)
         self.session = session(artifact, [(provider, provider_options)], threads)
