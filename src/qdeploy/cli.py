@@ -148,7 +148,10 @@ def cmd_list(args, console):
         the_method = quantization.method(args.method)
         console.print(escape(f"{the_method.name} ({'/'.join(the_method.formats)}): {the_method.description}"))
         console.print("options (--option " + escape(f"{the_method.name}.KEY=VALUE") + "):")
+        owned = getattr(the_method.config, "FORMAT_OPTIONS", {})  # not the options of a format it does not take
         for name, kind, default, note in describe_options(the_method.config):
+            if owned.get(name, the_method.formats[0]) not in the_method.formats:
+                continue
             console.print(escape(f"  {name:22} {kind}, default {default}" + (f": {note}" if note else "")))
         return
 

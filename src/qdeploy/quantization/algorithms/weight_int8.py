@@ -38,7 +38,7 @@ class WeightInt8:
 class NncfWeightInt8(WeightInt8):
     """nncf-weight-int8: weight-int8 on OpenVINO. `mode` is the name's older spelling of `symmetric`, kept so that
     plans written for it still mean what they said."""
-    mode: Literal["int8_asym", "int8_sym"] | None = None
+    mode: Literal["int8_asym", "int8_sym"] | None = None  # the older spelling: int8_sym is symmetric=true
 
     def __post_init__(self):
         if self.mode is None:
