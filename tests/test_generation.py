@@ -57,6 +57,20 @@ def test_exports_carry_the_cache_and_pass_token_validation(decoders):
         assert artifact.manifest.validation["max_abs_diff"] < 1e-3
 
 
+def test_the_onnx_export_uses_fused_grouped_query_attention(decoders):
+    """Opset 23: one Attention, RotaryEmbedding and RMSNormalization kernel each, and the keys and values reach
+    Attention with stories260K's 4 heads, not expanded to its 8 query heads (what made SmolLM2 decode faster)."""
+    import onnx
+
+    graph = onnx.load(str(decoders["artifacts"]["onnx"].model_path)).graph
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("Attention") == 5 and "RotaryEmbedding" in ops and "RMSNormalization" in ops
+    # each Attention reads its layer's cache as stored (the present outputs), not a copy repeated to every head
+    attention = [node for node in graph.node if node.op_type == "Attention"]
+    assert [list(node.input[1:3]) for node in attention] == [[f"present.{i}.key", f"present.{i}.value"]
+                                                             for i in range(5)]
+
+
 def test_greedy_continuation_is_identical_on_every_runtime(decoders, tokenizer):
     prompt = tokenizer(["Once upon a time"], return_tensors="np")
     tokens = {rt: decoders[rt].generate(prompt["input_ids"], prompt["attention_mask"], max_new_tokens=48)

@@ -120,15 +120,40 @@ def compare(artifact: Artifact, runtime: str, batch, ref_tokens, ref_logits, ato
             "greedy_steps": GREEDY_STEPS, "batch": list(batch["input_ids"].shape)}
 
 
+@contextlib.contextmanager
+def _grouped_query_sdpa(on: bool):
+    """transformers repeats a grouped-query model's keys and values to every head before SDPA unless the call can
+    take `enable_gqa` (it allows that only without a mask): traced that way, the graph holds 60 Expand and Reshape
+    nodes and Attention reads 9 key heads for SmolLM2's 3. Opset 23's Attention takes the 3 as they are: the int4
+    decode step went from 10.8 to 8.7 ms (ORT 1.32, 2 cores), the tokens and logits unchanged."""
+    from transformers.integrations import sdpa_attention
+
+    original = sdpa_attention.use_gqa_in_sdpa
+    if on:
+        sdpa_attention.use_gqa_in_sdpa = lambda attention_mask, key: True
+    try:
+        yield
+    finally:
+        sdpa_attention.use_gqa_in_sdpa = original
+
+
+def _grouped(config) -> bool:
+    """Fewer key/value heads than query heads (SmolLM2: 3 for 9). With as many, `enable_gqa` fails to export."""
+    heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return bool(isinstance(heads, int) and isinstance(kv_heads, int) and kv_heads < heads)
+
+
 def _write_onnx(wrapped, example: tuple, names_in: list[str], names_out: list[str], past_in: list[str],
-                target: Path, opset: int, large: bool) -> None:
+                target: Path, opset: int, large: bool, grouped: bool = False) -> None:
     import torch
 
     dynamic = torch.export.Dim.DYNAMIC
     shapes = [{0: dynamic, 1: dynamic} for _ in names_in[:len(names_in) - len(past_in)]]
     shapes += [{0: dynamic, 2: dynamic} for _ in past_in]
     # torch.export prints the partial graph of a failed trace to stderr: the one-line error says what failed.
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+    with (warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()),
+          _grouped_query_sdpa(grouped and opset >= ONNX_RUNTIME_OPSET)):
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapped, example, str(target / ONNX_FILE), dynamo=True, input_names=names_in,
                           output_names=names_out, dynamic_shapes=(tuple(shapes),), opset_version=opset,
@@ -199,7 +224,7 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
         via = "" if fmt_name == "onnx" else " (on the way to openvino)"
         with step(source.model_type, f"exporting to onnx{via}"):
             _write_onnx(_wrap(model, input_names, layers), example, [*input_names, *past_in],
-                        ["logits", *present_out], past_in, graph_dir, graph_opset, large)
+                        ["logits", *present_out], past_in, graph_dir, graph_opset, large, _grouped(model.config))
         runtime_config: dict[str, Any] = runtime_config_of("onnx")
         model_file = ONNX_FILE
         if fmt_name == "openvino":
