@@ -94,13 +94,19 @@ def head_matmuls(model_path: Path) -> set[str]:
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
+    return {node.name for node in _logits_matmuls(graph)} & set(weight_matmuls(model_path))
+
+
+def _logits_matmuls(graph) -> list:
+    """The MatMuls on the way back from the graph's first output, within four nodes, the nearest first; a walk stops
+    at a MatMul."""
     producer = {out: node for node in graph.node for out in node.output}
-    frontier, found = [graph.output[0].name], set()
+    frontier, found = [graph.output[0].name], []
     for _ in range(4):
         nodes = [producer[name] for name in frontier if name in producer]
-        found |= {n.name for n in nodes if n.op_type == "MatMul"}
+        found += [n for n in nodes if n.op_type == "MatMul"]
         frontier = [name for n in nodes if n.op_type != "MatMul" for name in n.input]
-    return found & set(weight_matmuls(model_path))
+    return found
 
 
 class OnnxLinears(LinearGraph):
@@ -174,25 +180,19 @@ def untie_head(model) -> str | None:
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
     tables = {init.name: init for init in graph.initializer if len(init.dims) == 2}
-    frontier = [graph.output[0].name]
-    for _ in range(4):
-        nodes = [producer[name] for name in frontier if name in producer]
-        for node in nodes:
-            if node.op_type != "MatMul" or node.input[1] not in producer:
-                continue
-            transpose = producer[node.input[1]]
-            perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), [1, 0])
-            if transpose.op_type != "Transpose" or transpose.input[0] not in tables or perm != [1, 0]:
-                continue
-            table = tables[transpose.input[0]]
-            weight = numpy_helper.to_array(table).T.copy()
-            name = f"{node.name}.untied_weight"
-            graph.initializer.append(numpy_helper.from_array(weight, name))
-            node.input[1] = name
-            if not any(transpose.output[0] in n.input for n in graph.node):
-                graph.node.remove(transpose)
-            return node.name
-        frontier = [name for n in nodes if n.op_type != "MatMul" for name in n.input]
+    for node in _logits_matmuls(graph):
+        transpose = producer.get(node.input[1])
+        if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in tables:
+            continue
+        if next((list(a.ints) for a in transpose.attribute if a.name == "perm"), [1, 0]) != [1, 0]:
+            continue
+        weight = numpy_helper.to_array(tables[transpose.input[0]]).T.copy()
+        name = f"{node.name}.untied_weight"
+        graph.initializer.append(numpy_helper.from_array(weight, name))
+        node.input[1] = name
+        if not any(transpose.output[0] in n.input for n in graph.node):
+            graph.node.remove(transpose)
+        return node.name
     return None
 
 
