@@ -89,8 +89,8 @@ def embedding_gathers(model_path: Path) -> list[str]:
 def head_matmuls(model_path: Path) -> set[str]:
     """The Linear layer that produces the graph's first output (the task's: a language model's logits, not its
     cache): the last MatMul on the way back from that output, within four nodes, if it has a constant weight. Empty
-    when that MatMul reads a computed weight: a tied lm_head exported as a Transpose of the embedding table, which no
-    recipe here quantizes (SmolLM2's ONNX graph)."""
+    when that MatMul reads a computed weight: a tied lm_head exported as a Transpose of the embedding table
+    (SmolLM2's ONNX graph), which the static recipes leave float; weight-only ones give it a weight (untie_head)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
@@ -172,8 +172,7 @@ def untie_head(model) -> str | None:
     transposed copy instead. Returns the MatMul's name, or None when the head has a weight of its own already.
 
     Why: a Transpose of a constant is not a constant weight to ONNX Runtime's quantizers, so the head (SmolLM2's is
-    a quarter of the model's bytes and of a decode step's weight traffic) stayed fp32 in every recipe, and the session
-    kept a folded fp32 copy of the table besides the embedding's own.
+    a fifth of the model's parameters, read whole every decode step) stayed fp32 in every recipe.
     """
     from onnx import numpy_helper
 
