@@ -25,6 +25,9 @@ TOKENIZER_FILES = (
     "generation_config.json", "chat_template.jinja", "chat_template.json",
 )
 GGUF_MAGIC = b"GGUF"
+# Files an engine reads beside the graph (engine_files.py): not weights, so not counted in an artifact's size.
+ENGINE_FILES = ("genai_config.json", "openvino_tokenizer.xml", "openvino_tokenizer.bin", "openvino_detokenizer.xml",
+                "openvino_detokenizer.bin")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -115,7 +118,7 @@ class Artifact:
 
     def size_mb(self) -> float:
         """Size of the model's own files (weights and graph), not tokenizer or manifest."""
-        model_files = [f for f in self.manifest.files if Path(f).name not in TOKENIZER_FILES]
+        model_files = [f for f in self.manifest.files if Path(f).name not in TOKENIZER_FILES + ENGINE_FILES]
         total = sum(safe_join(self.directory, f).stat().st_size for f in model_files)
         return round(total / 2**20, 2)
 
@@ -180,7 +183,8 @@ def check_onnx_external_data(model_path: Path) -> None:
 
 
 def copy_tokenizer(source_dir: Path, target_dir: Path) -> None:
-    for name in TOKENIZER_FILES:
+    """The tokenizer's files and its OpenVINO IRs (genai_config.json names the graph: each artifact writes its own)."""
+    for name in TOKENIZER_FILES + ENGINE_FILES[1:]:
         source = source_dir / name
         if source.is_file():
             with open(source, "rb") as fh:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..artifact import Artifact, Manifest, copy_tokenizer, finalize, staging
+from ..engine_files import write_genai_config, write_openvino_tokenizers
 from ..errors import ExportValidationError, UnsupportedError
 from ..machine import build_record, describe
 from ..models import ModelSource
@@ -31,6 +32,7 @@ OPENVINO_FILE = "openvino_model.xml"
 # Beyond this the protobuf limit (2 GB) is near: weights go to an external file next to the graph.
 EXTERNAL_DATA_BYTES = 1_800_000_000
 GREEDY_STEPS = 8
+BEAM_IDX = "beam_idx"
 # For ONNX Runtime the graph is written at opset 23, whose Attention (grouped-query, cache in and out),
 # RotaryEmbedding and RMSNormalization the exporter emits for SDPA models and ONNX Runtime runs as single kernels:
 # with its lm_head and table also int8, SmolLM2-135M's int8 decode went from 1.74x to 2.72x PyTorch fp32 (ORT 1.32,
@@ -162,10 +164,23 @@ def _write_onnx(wrapped, example: tuple, names_in: list[str], names_out: list[st
 
 def _make_stateful(model, past_in: list[str], present_out: list[str]) -> None:
     """Cache inputs/outputs become OpenVINO state. Each state starts as zeros [batch, heads, 0, dim], its batch
-    taken from input_ids: without that initializer the state's batch would be 0 and reshapes in the graph fail."""
+    taken from input_ids: without that initializer the state's batch would be 0 and reshapes in the graph fail.
+
+    Each past is first gathered by a `beam_idx` input [batch] (the rows to keep, in order), as optimum-intel's
+    stateful export does: OpenVINO GenAI's LLMPipeline feeds it on every call and refuses an IR without it."""
+    import openvino as ov
     import openvino.opset13 as ops
     from openvino._offline_transformations import apply_make_stateful_transformation
 
+    beam_idx = ops.parameter(ov.PartialShape([-1]), ov.Type.i32, name=BEAM_IDX)
+    beam_idx.output(0).get_tensor().set_names({BEAM_IDX})
+    for name in past_in:
+        port = model.input(name)
+        consumers = list(port.get_target_inputs())
+        gathered = ops.gather(port, beam_idx, ops.constant(np.array(0, dtype=np.int64)))
+        for consumer in consumers:
+            consumer.replace_source_output(gathered.output(0))
+    model.add_parameters([beam_idx])
     apply_make_stateful_transformation(model, dict(zip(past_in, present_out)))
     batch = ops.gather(ops.shape_of(model.input("input_ids"), output_type="i64"), ops.constant([0]), ops.constant(0))
     for op in model.get_ops():
@@ -244,12 +259,20 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
             model_file = OPENVINO_FILE
         runtime_config["decoder"] = spec
         copy_tokenizer(source.path, tmp)
+        inputs = input_names + ([BEAM_IDX] if spec["stateful"] else past_in)
+        # What the engines read beside the graph; an artifact they cannot load says why in its notes.
+        if fmt_name == "onnx":
+            why_not = write_genai_config(tmp, model_file, inputs, spec)
+            engine = "onnxruntime-genai"
+        else:
+            why_not = write_openvino_tokenizers(tokenizer, tmp) if stateful else "the IR is stateless"
+            engine = "openvino-genai"
+        notes = [f"{engine} cannot load it: {why_not}"] if why_not else []
         manifest = Manifest(
             format=fmt_name, model_file=model_file, precision="fp32", task=task_name, source=source.describe(),
             # The graph's inputs: with an explicit cache, its empty past is part of every complete feed.
-            runtime_config=runtime_config, inputs=input_names + ([] if spec["stateful"] else past_in),
-            outputs=list(the_task.outputs),
-            libraries=describe()["libraries"], built_on=build_record(),
+            runtime_config=runtime_config, inputs=inputs, outputs=list(the_task.outputs),
+            libraries=describe()["libraries"], built_on=build_record(), notes=notes,
         )
         finalize(tmp, manifest)
         validator = "ort-cpu" if fmt_name == "onnx" else "openvino-cpu"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..artifact import DECODER, SEQ2SEQ, Artifact, Manifest, copy_tokenizer, finalize, staging
+from ..engine_files import GENAI_CONFIG, write_genai_config
 from ..benchmarking.memory import RssSampler
 from ..calibration import CalibrationSource
 from ..config import build, to_dict
@@ -166,6 +167,11 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
             runtime_config = {**runtime_config, "seq2seq": copy_encoder(parent, tmp)}
             notes = [*notes, "decoder quantized; encoder kept fp32"]
         copy_tokenizer(parent.directory, tmp)
+        if kind == DECODER and parent.format == "onnx" and (parent.directory / GENAI_CONFIG).is_file():
+            # The engine's config names this artifact's graph, which may not be the parent's file.
+            why_not = write_genai_config(tmp, result.model_file, list(parent.manifest.inputs),
+                                         runtime_config["decoder"])
+            notes += [f"onnxruntime-genai cannot load it: {why_not}"] if why_not else []
         method_record = {"name": the_method.name, "config": to_dict(config), "peak_rss_delta_mb": memory.delta_mb}
         if the_method.needs_calibration:
             method_record["calibration"] = to_dict(calibration)

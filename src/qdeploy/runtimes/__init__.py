@@ -33,7 +33,7 @@ class Runtime(Protocol):
 
 
 RUNTIMES: Registry[Runtime] = Registry("runtime", tuple(f"qdeploy.runtimes.{m}" for m in (
-    "onnxruntime_rt", "openvino_rt", "torch_rt")))
+    "onnxruntime_rt", "openvino_rt", "torch_rt", "ort_genai", "openvino_genai")))
 
 
 def get(name: str) -> Runtime:
@@ -42,6 +42,12 @@ def get(name: str) -> Runtime:
 
 def names() -> list[str]:
     return RUNTIMES.names()
+
+
+def runs(runtime: str, fmt: str, kind: str) -> bool:
+    """Whether `runtime` runs artifacts of this format and kind (an engine runs language models only)."""
+    rt = get(runtime)
+    return fmt in rt.formats and kind in getattr(rt, "kinds", (kind,))
 
 
 def load(artifact: Artifact, runtime: str, threads: int | None = None) -> Session:
@@ -53,6 +59,12 @@ def load(artifact: Artifact, runtime: str, threads: int | None = None) -> Sessio
     if not rt.supports(artifact):
         raise UnsupportedError(f"runtime {runtime} cannot run {artifact.format} artifacts "
                                f"(it runs: {', '.join(rt.formats)})")
+    kinds = getattr(rt, "kinds", None)
+    if kinds is not None:  # an engine: it runs its own generation loop, and only the kinds of model it knows
+        if artifact.manifest.kind not in kinds:
+            raise UnsupportedError(f"runtime {runtime} runs {' and '.join(kinds)} artifacts; {artifact.directory} "
+                                   f"is {artifact.manifest.kind}")
+        return rt.load(artifact, threads)
     if artifact.manifest.kind == DECODER:
         from . import decoding  # generative artifacts run token by token with a KV cache
 

@@ -147,6 +147,7 @@ class OpenVinoDecoder(_ExplicitCache):
         self.compiled = ov.Core().compile_model(str(artifact.model_path), "CPU", properties)
         self.request = self.compiled.create_infer_request()
         self.stateful = stateful
+        self._beam_idx = any(port.get_any_name() == "beam_idx" for port in self.compiled.inputs)
         self.properties = {k: str(v) for k, v in properties.items()}
 
     def reset(self, batch: int) -> None:
@@ -156,6 +157,8 @@ class OpenVinoDecoder(_ExplicitCache):
             super().reset(batch)
 
     def _infer(self, feed):
+        if self._beam_idx:  # the rows of the cache to keep, in order: all of them
+            feed = {**feed, "beam_idx": np.arange(feed["input_ids"].shape[0], dtype=np.int32)}
         result = self.request.infer(feed)
         return {port.get_any_name(): np.array(result[port]) for port in self.compiled.outputs}
 
@@ -197,6 +200,7 @@ class DecoderFeeds:
         self._spec = decoder_spec(artifact) or {}
         explicit = not self._spec.get("stateful") and artifact.format != "pytorch"
         self._past = self._spec.get("past_inputs", []) if explicit else []
+        self._beam_idx = "beam_idx" in artifact.manifest.inputs
 
     @property
     def text_tokenizer(self):
@@ -210,6 +214,8 @@ class DecoderFeeds:
         encoded = dict(self._tokenizer(texts, **{**kwargs, "return_tensors": "np"}))
         mask = encoded["attention_mask"].astype(np.int64)
         encoded["position_ids"] = positions(mask, mask.shape[1])
+        if self._beam_idx:
+            encoded["beam_idx"] = np.arange(mask.shape[0], dtype=np.int32)
         if self._past:
             shape = [mask.shape[0] if d == -1 else d for d in self._spec["past_shape"]]
             empty = np.zeros(shape, dtype=np.float32)
@@ -251,8 +257,12 @@ def load(artifact: Artifact, runtime, threads: int | None = None) -> Decoder:
         raise UnsupportedError(f"{artifact.directory} is not a generative artifact (its manifest has no decoder spec)")
     if artifact.format not in _BUILDERS:
         raise UnsupportedError(f"no decoder for {artifact.format} artifacts; decoders exist for {', '.join(_BUILDERS)}")
-    past = set(spec.get("past_inputs", []))
-    common = {"input_names": [n for n in artifact.manifest.inputs if n not in past],
-              "pad_token_id": int(spec.get("pad_token_id") or 0),
-              "eos_token_id": spec.get("eos_token_id")}
-    return _BUILDERS[artifact.format](artifact, runtime, threads, spec, common)
+    return _BUILDERS[artifact.format](artifact, runtime, threads, spec, common_args(artifact))
+
+
+def common_args(artifact: Artifact) -> dict[str, Any]:
+    """What every Decoder of this artifact takes: its token inputs (not the cache), pad and end tokens."""
+    spec = decoder_spec(artifact) or {}
+    past = set(spec.get("past_inputs", [])) | {"beam_idx"}
+    return {"input_names": [n for n in artifact.manifest.inputs if n not in past],
+            "pad_token_id": int(spec.get("pad_token_id") or 0), "eos_token_id": spec.get("eos_token_id")}

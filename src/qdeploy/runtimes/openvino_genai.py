@@ -1,0 +1,117 @@
+"""OpenVINO GenAI: a stateful OpenVINO decoder artifact run by `openvino_genai.LLMPipeline(dir, "CPU")`, with the
+tokenizer IRs the exporter writes beside it. The pipeline runs the generation loop in C++ and returns tokens, not
+logits: it measures generation speed and anything scored on generated tokens; a metric that needs logits
+(perplexity, log-likelihoods) is refused with that reason.
+"""
+from __future__ import annotations
+
+import time
+from importlib.util import find_spec
+
+import numpy as np
+
+from ..artifact import DECODER, Artifact
+from ..errors import UnsupportedError
+from . import RUNTIMES
+from .decoding import Decoder
+
+TOKENIZER_IR = "openvino_tokenizer.xml"
+NO_LOGITS = "openvino-genai returns generated tokens, not logits"
+
+
+class OpenVinoGenAIDecoder(Decoder):
+    def __init__(self, artifact: Artifact, threads: int | None, **kwargs):
+        import openvino_genai as og
+
+        super().__init__(**kwargs)
+        self._og = og
+        # The artifact's own properties (an fp32 artifact keeps f32 inference and an f32 cache) and the threads.
+        properties = dict(artifact.manifest.runtime_config.get("openvino", {}))
+        if threads:
+            properties["INFERENCE_NUM_THREADS"] = threads
+        self.pipeline = og.LLMPipeline(str(artifact.directory), "CPU", **properties)
+        self.settings = {"engine": f"openvino-genai {og.__version__}", "properties": {k: str(v) for k, v in
+                                                                                       properties.items()},
+                         "loop": "engine (C++)"}
+
+    def reset(self, batch: int) -> None:
+        raise UnsupportedError(NO_LOGITS)
+
+    def step(self, input_ids, attention_mask):
+        raise UnsupportedError(NO_LOGITS)
+
+    def run(self, inputs):
+        raise UnsupportedError(NO_LOGITS)
+
+    def _config(self, new_tokens: int, ignore_eos: bool):
+        config = self._og.GenerationConfig()
+        config.max_new_tokens = new_tokens
+        config.do_sample = False
+        if ignore_eos:
+            config.min_new_tokens = new_tokens
+            config.ignore_eos = True
+        elif self.eos_token_id is not None:
+            config.eos_token_id = int(self.eos_token_id)
+        return config
+
+    def _generate(self, ids: np.ndarray, mask: np.ndarray, new_tokens: int, ignore_eos: bool, streamer=None):
+        import openvino as ov
+
+        inputs = self._og.TokenizedInputs(ov.Tensor(np.ascontiguousarray(ids, dtype=np.int64)),
+                                          ov.Tensor(np.ascontiguousarray(mask, dtype=np.int64)))
+        return self.pipeline.generate(inputs, self._config(new_tokens, ignore_eos), streamer)
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False, seed=0, temperature=1.0,
+                 top_k=0, eos_token_id=-1) -> np.ndarray:
+        if do_sample:
+            raise UnsupportedError("qdeploy drives openvino-genai greedily; sampling is the engine's own option")
+        ids = np.asarray(input_ids)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        stop = self.eos_token_id if eos_token_id == -1 else eos_token_id
+        rows = self._generate(ids, mask, max_new_tokens, ignore_eos=stop is None).tokens
+        out = np.full((len(rows), max(map(len, rows))), self.pad_token_id, dtype=np.int64)
+        for i, row in enumerate(rows):
+            out[i, :len(row)] = row
+        return out
+
+    def timed_generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int) -> tuple[float, float]:
+        """(time to the first token, time for the rest), greedy, the end token ignored, timed by a streamer that
+        notes when each token arrives (the engine's own clock would leave out its tokenization and Python calls)."""
+        og = self._og
+        clock: list[float] = []
+
+        class Clock(og.StreamerBase):
+            def write(self, token):
+                clock.append(time.perf_counter())
+                return og.StreamingStatus.RUNNING
+
+            def end(self):
+                pass
+
+        t0 = time.perf_counter()
+        self._generate(input_ids, attention_mask, new_tokens, ignore_eos=True, streamer=Clock())
+        return clock[0] - t0, clock[-1] - clock[0]
+
+
+class OpenVinoGenAIRuntime:
+    name = "openvino-genai"
+    formats = ("openvino",)
+    kinds = (DECODER,)
+
+    def unavailable_reason(self) -> str | None:
+        return None if find_spec("openvino_genai") else "openvino-genai is not installed"
+
+    def supports(self, artifact: Artifact) -> bool:
+        return (artifact.format in self.formats and artifact.manifest.kind in self.kinds
+                and TOKENIZER_IR in artifact.manifest.files)
+
+    def load(self, artifact: Artifact, threads: int | None = None) -> OpenVinoGenAIDecoder:
+        from .decoding import common_args
+
+        if TOKENIZER_IR not in artifact.manifest.files:
+            raise UnsupportedError(f"{artifact.directory} has no {TOKENIZER_IR} (a stateless IR, or exported by an "
+                                   "older qdeploy): export it again, stateful")
+        return OpenVinoGenAIDecoder(artifact, threads, **common_args(artifact))
+
+
+RUNTIMES.register("openvino-genai")(OpenVinoGenAIRuntime())

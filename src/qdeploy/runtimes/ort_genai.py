@@ -1,0 +1,121 @@
+"""ONNX Runtime GenAI: a decoder artifact run by the engine people deploy ONNX language models with
+(`onnxruntime_genai.Model(dir)`, driven by the artifact's genai_config.json). The engine runs the generation loop
+in C++; qdeploy only hands it the prompt and reads what comes back, so a speed measured here is the engine's.
+"""
+from __future__ import annotations
+
+import json
+import time
+from importlib.util import find_spec
+
+import numpy as np
+
+from ..artifact import DECODER, Artifact
+from ..errors import UnsupportedError
+from . import RUNTIMES
+from .decoding import Decoder
+
+GENAI_CONFIG = "genai_config.json"
+
+
+class OrtGenAIDecoder(Decoder):
+    """`run` and `step` give the graph's own logits (all positions fed); `generate` and `timed_generate` run the
+    engine's greedy loop. The engine masks the pad token: qdeploy's left padding is written as that token."""
+
+    def __init__(self, artifact: Artifact, threads: int | None, **kwargs):
+        import onnxruntime_genai as og
+
+        super().__init__(**kwargs)
+        self._og = og
+        config = og.Config(str(artifact.directory))
+        options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1} if threads else {}
+        if options:
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        self.model = og.Model(config)
+        genai = json.loads((artifact.directory / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]
+        self._context = int(genai.get("context_length") or 2048)
+        self._pad = int(genai.get("pad_token_id", self.pad_token_id))
+        self._generator = None
+        self._appended = 0
+        self.settings = {"engine": f"onnxruntime-genai {og.__version__}", "threads": threads,
+                         "past_present_share_buffer": False, "loop": "engine (C++)"}
+
+    def _new(self, batch: int, max_length: int | None = None, min_length: int = 0):
+        params = self._og.GeneratorParams(self.model)
+        params.set_search_options(batch_size=batch, max_length=max_length or self._context, min_length=min_length,
+                                  do_sample=False)
+        self._generator = self._og.Generator(self.model, params)
+        self._appended = 0
+
+    def reset(self, batch: int) -> None:
+        self._new(batch)
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if self._appended and input_ids.shape[0] > 1:
+            raise UnsupportedError("onnxruntime-genai takes one prompt per batched sequence: after the first step, "
+                                   "a batch of more than one row continues only through its own generate loop")
+        new_mask = attention_mask[:, -input_ids.shape[1]:]
+        ids = np.where(new_mask > 0, input_ids, self._pad).astype(np.int32)
+        self._generator.append_tokens(ids)
+        self._appended += 1
+        return np.asarray(self._generator.get_output("logits"), dtype=np.float32)
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False, seed=0, temperature=1.0,
+                 top_k=0, eos_token_id=-1) -> np.ndarray:
+        if do_sample:
+            raise UnsupportedError("qdeploy drives onnxruntime-genai greedily; sampling is the engine's own option")
+        ids = np.asarray(input_ids)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        stop = self.eos_token_id if eos_token_id == -1 else eos_token_id
+        tokens = self._greedy(ids, mask, max_new_tokens, ignore_eos=stop is None)
+        return tokens
+
+    def _greedy(self, ids: np.ndarray, mask: np.ndarray, new_tokens: int, ignore_eos: bool,
+                clock: list[float] | None = None) -> np.ndarray:
+        length = ids.shape[1] + new_tokens
+        # min_length keeps the engine from stopping at its end token when the end is ignored (a benchmark, a
+        # validation): it then never chooses that token, as llama.cpp's and OpenVINO GenAI's benchmarks do.
+        self._new(ids.shape[0], max_length=length, min_length=length if ignore_eos else 0)
+        self.step(ids, mask)
+        out = []
+        while not self._generator.is_done() and len(out) < new_tokens:
+            self._generator.generate_next_token()
+            out.append(np.asarray(self._generator.get_next_tokens(), dtype=np.int64))
+            if clock is not None:
+                clock.append(time.perf_counter())
+        tokens = np.stack(out, axis=1)
+        if not ignore_eos and self.eos_token_id is not None:  # after the end token, pad (as decoding.generate does)
+            ended = np.cumsum(tokens == self.eos_token_id, axis=1) - (tokens == self.eos_token_id) > 0
+            tokens = np.where(ended, self.pad_token_id, tokens)
+        return tokens
+
+    def timed_generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int) -> tuple[float, float]:
+        """(time to the first token, time for the rest), greedy, the end token ignored."""
+        clock: list[float] = []
+        t0 = time.perf_counter()
+        self._greedy(input_ids, attention_mask, new_tokens, ignore_eos=True, clock=clock)
+        return clock[0] - t0, clock[-1] - clock[0]
+
+
+class OrtGenAIRuntime:
+    name = "ort-genai"
+    formats = ("onnx",)
+    kinds = (DECODER,)
+
+    def unavailable_reason(self) -> str | None:
+        # Found, not imported: the plan check stays fast.
+        return None if find_spec("onnxruntime_genai") else "onnxruntime-genai is not installed"
+
+    def supports(self, artifact: Artifact) -> bool:
+        return (artifact.format in self.formats and artifact.manifest.kind in self.kinds
+                and GENAI_CONFIG in artifact.manifest.files)
+
+    def load(self, artifact: Artifact, threads: int | None = None) -> OrtGenAIDecoder:
+        from .decoding import common_args
+
+        if GENAI_CONFIG not in artifact.manifest.files:
+            raise UnsupportedError(f"{artifact.directory} has no {GENAI_CONFIG}: export it again with this qdeploy")
+        return OrtGenAIDecoder(artifact, threads, **common_args(artifact))
+
+
+RUNTIMES.register("ort-genai")(OrtGenAIRuntime())
