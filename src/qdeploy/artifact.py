@@ -51,6 +51,14 @@ def safe_join(root: Path, relative: str) -> Path:
 ENCODER, DECODER, SEQ2SEQ = "encoder", "decoder", "seq2seq"
 
 
+def kind_of(task_name: str) -> str:
+    """The kind of model a task exports (see Manifest.kind)."""
+    from .tasks import task
+
+    the_task = task(task_name)
+    return DECODER if the_task.generative else SEQ2SEQ if the_task.exporter == SEQ2SEQ else ENCODER
+
+
 @dataclass
 class Manifest:
     format: str  # "pytorch" | "onnx" | "openvino"
@@ -78,10 +86,7 @@ class Manifest:
     def kind(self) -> str:
         """encoder (one call per batch), decoder (a causal LM run token by token with its cache) or seq2seq (an
         encoder graph and a decoder graph): what decides how the artifact is run, quantized and measured."""
-        from .tasks import task
-
-        the_task = task(self.task)
-        return DECODER if the_task.generative else SEQ2SEQ if the_task.exporter == SEQ2SEQ else ENCODER
+        return kind_of(self.task)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: Path) -> "Manifest":

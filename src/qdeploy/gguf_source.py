@@ -20,6 +20,9 @@ SUFFIX = ".gguf"
 RECORD = "qdeploy-gguf.json"  # what the cached directory was made from, and what was corrected
 
 
+# Bumped when a conversion changes what it writes: a cached directory of an older conversion is made again.
+CONVERTER = 2
+
 def cache_root() -> Path:
     return Path(os.environ.get("QDEPLOY_CACHE", Path.home() / ".cache" / "qdeploy")) / "gguf"
 
@@ -78,6 +81,7 @@ def _correct_tokenizer(tokenizer, meta: dict) -> list[str]:
     if tokenizer.pad_token is None and pad is not None:
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(int(pad))
         fixes.append(f"pad_token None -> {tokenizer.pad_token!r} (GGUF id {pad})")
+    fixes += _byte_level_decoder(tokenizer)
     add_bos = meta.get("add_bos_token")
     if add_bos is not None and hasattr(tokenizer, "add_bos_token") and bool(tokenizer.add_bos_token) != bool(add_bos):
         fixes.append(f"add_bos_token {tokenizer.add_bos_token} -> {bool(add_bos)} (GGUF)")
@@ -85,12 +89,44 @@ def _correct_tokenizer(tokenizer, meta: dict) -> list[str]:
     return fixes
 
 
+def _byte_level_decoder(tokenizer) -> list[str]:
+    """A byte-level BPE (GPT-2's pre-tokenizer; SmolLM2) decodes with ByteLevel alone. transformers' GGUF converter
+    chains SentencePiece's ByteFallback, Fuse and a "▁" replacement before it, which decode the same text (a byte-level
+    vocabulary has no "<0xNN>" or "▁" tokens) but which openvino-tokenizers cannot convert, so OpenVINO GenAI got no
+    detokenizer. Kept only when the heldout sentences decode exactly as before."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return []
+    state = json.loads(backend.to_str())
+    pre, decoder = state.get("pre_tokenizer") or {}, state.get("decoder") or {}
+    parts = decoder.get("decoders", []) if decoder.get("type") == "Sequence" else []
+    byte_level = [d for d in parts if d.get("type") == "ByteLevel"]
+    if pre.get("type") != "ByteLevel" or not byte_level or len(parts) == 1:
+        return []
+    from tokenizers import decoders
+
+    from .textdata import builtin_path
+
+    lines = builtin_path("heldout.txt").read_text(encoding="utf-8").splitlines()[:50]
+    ids = [tokenizer(line, add_special_tokens=False)["input_ids"] for line in lines]
+    before = [tokenizer.decode(i) for i in ids]
+    original = backend.decoder
+    backend.decoder = decoders.ByteLevel()
+    if [tokenizer.decode(i) for i in ids] != before:
+        backend.decoder = original
+        return []
+    return [f"decoder {'+'.join(d['type'] for d in parts)} -> ByteLevel (the same text, and openvino-tokenizers "
+            "converts it)"]
+
+
 def convert(file: Path, digest: str | None = None) -> tuple[Path, dict]:
     """The float model directory made from `file` (made once, then read from the cache) and its record."""
     digest = digest or sha256_file(file)
     target = cache_root() / digest[:16]
     if (target / RECORD).is_file():
-        return target, json.loads((target / RECORD).read_text(encoding="utf-8"))
+        record = json.loads((target / RECORD).read_text(encoding="utf-8"))
+        if record.get("converter") == CONVERTER:
+            return target, record
     try:
         import gguf  # noqa: F401  (transformers' GGUF loader needs it; say so before a long load)
     except ImportError:
@@ -116,7 +152,7 @@ def convert(file: Path, digest: str | None = None) -> tuple[Path, dict]:
             if model.generation_config is not None:
                 setattr(model.generation_config, f"{role}_token_id", token_id)
     record = {"file": str(file), "sha256": digest, "quantization": meta["quantization"],
-              "architecture": meta["architecture"], "tokenizer_fixes": fixes}
+              "architecture": meta["architecture"], "tokenizer_fixes": fixes, "converter": CONVERTER}
     target.parent.mkdir(parents=True, exist_ok=True)
     with staging(target, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

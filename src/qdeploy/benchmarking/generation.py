@@ -31,6 +31,8 @@ def _once(session, batch: dict[str, np.ndarray], new_tokens: int) -> tuple[float
     """(time to the first token, time for the rest). An encoder-decoder encodes the prompt and starts from its start
     token; a decoder-only model takes the prompt as its first step."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    if hasattr(session, "timed_generate"):  # an engine: its own loop, timed as it hands out each token
+        return session.timed_generate(ids, mask, new_tokens)
     rows = ids.shape[0]
     t0 = time.perf_counter()
     if hasattr(session, "encode"):
@@ -54,7 +56,7 @@ def _once(session, batch: dict[str, np.ndarray], new_tokens: int) -> tuple[float
 
 def generates(session) -> bool:
     """Whether the session decodes token by token (causal LM or encoder-decoder)."""
-    return hasattr(session, "step") and hasattr(session, "reset")
+    return hasattr(session, "timed_generate") or (hasattr(session, "step") and hasattr(session, "reset"))
 
 
 def measure_generation(decoder, inputs: dict[int, list[dict[str, np.ndarray]]],

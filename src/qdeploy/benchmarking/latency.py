@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ConfigError
 
 MODEL_ONLY = "model only (tokenized inputs, no tokenization in the timed loop)"
+FIRST_TOKEN = "time to the first token through the engine (the prompt's forward pass and one greedy choice)"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ def measure_session(session, inputs: list[dict[str, np.ndarray]], scenario: Late
     what = MODEL_ONLY
     if getattr(session, "bind", None) is not None:
         what = MODEL_ONLY.replace(")", "; inputs and outputs resident on the device)")
+    if getattr(session, "first_token", None) is not None:
+        what = FIRST_TOKEN
     call = request(session, inputs)
     return summarize(time_calls(call, range(len(inputs)), scenario, tick), batch_size, seq_len, scenario, what)
 
@@ -107,6 +110,9 @@ def measure_session(session, inputs: list[dict[str, np.ndarray]], scenario: Late
 def request(session, inputs: list[dict[str, np.ndarray]]) -> Callable[[int], object]:
     """One model-only request of `session` on input number i (cycling). A session that binds its inputs to a device
     (ONNX Runtime on CUDA with I/O binding) gets them copied there once, here, before any clock starts."""
+    first_token = getattr(session, "first_token", None)
+    if first_token is not None:  # an engine that returns tokens, not logits: its prefill ends with the first token
+        return lambda i: first_token(inputs[i % len(inputs)])
     bind = getattr(session, "bind", None)
     if bind is not None:
         bound = [bind(batch) for batch in inputs]

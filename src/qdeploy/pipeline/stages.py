@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import runtimes
+from ..artifact import kind_of
 from ..baseline import BASELINE, FP32_VARIANTS
 from ..errors import BusyMachineError
 from ..executors import Cell, CellKey
@@ -103,8 +104,9 @@ class Stages:
                                      "reason": f"not run: {reason}"})
                 continue
             cpus = self.executor.cpus(machine)
+            kind = kind_of(self.plan.task)  # the engines run language models only
             pairs = [(name, r) for name, fmt in [(BASELINE, "pytorch")] + [(v["name"], v["format"]) for v in variants]
-                     for r in self.usable if fmt in runtimes.get(r).formats]
+                     for r in self.usable if runtimes.runs(r, fmt, kind)]
             base = CellKey("quality", BASELINE, "torch", machine.name)
             for name, runtime in pairs:
                 needs = base if name != BASELINE and (BASELINE, "torch") in pairs else None

@@ -56,15 +56,16 @@ def load(artifact: Artifact, runtime: str, threads: int | None = None) -> Sessio
     if reason:
         available = [n for n, r in RUNTIMES if r.unavailable_reason() is None]
         raise UnsupportedError(f"runtime {runtime} is not available here: {reason}; available: {', '.join(available)}")
-    if not rt.supports(artifact):
-        raise UnsupportedError(f"runtime {runtime} cannot run {artifact.format} artifacts "
-                               f"(it runs: {', '.join(rt.formats)})")
     kinds = getattr(rt, "kinds", None)
-    if kinds is not None:  # an engine: it runs its own generation loop, and only the kinds of model it knows
+    if kinds is not None and artifact.format in rt.formats:
+        # an engine: it runs its own generation loop, only the kinds of model it knows, and says what is missing
         if artifact.manifest.kind not in kinds:
             raise UnsupportedError(f"runtime {runtime} runs {' and '.join(kinds)} artifacts; {artifact.directory} "
                                    f"is {artifact.manifest.kind}")
         return rt.load(artifact, threads)
+    if not rt.supports(artifact):
+        raise UnsupportedError(f"runtime {runtime} cannot run {artifact.format} artifacts "
+                               f"(it runs: {', '.join(rt.formats)})")
     if artifact.manifest.kind == DECODER:
         from . import decoding  # generative artifacts run token by token with a KV cache
 

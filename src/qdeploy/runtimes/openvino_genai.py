@@ -74,6 +74,10 @@ class OpenVinoGenAIDecoder(Decoder):
             out[i, :len(row)] = row
         return out
 
+    def first_token(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The prompt's greedy next token: what this engine's prefill gives instead of logits."""
+        return self.generate(inputs["input_ids"], inputs.get("attention_mask"), 1, eos_token_id=None)
+
     def timed_generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int) -> tuple[float, float]:
         """(time to the first token, time for the rest), greedy, the end token ignored, timed by a streamer that
         notes when each token arrives (the engine's own clock would leave out its tokenization and Python calls)."""

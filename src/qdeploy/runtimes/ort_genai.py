@@ -51,14 +51,31 @@ class OrtGenAIDecoder(Decoder):
         self._new(batch)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Logits of the tokens fed. The engine (0.18) attends to every token it is given and numbers positions
+        from 0, so a row's left padding is left out; a padded batch of several rows is refused (see `run`)."""
         if self._appended and input_ids.shape[0] > 1:
             raise UnsupportedError("onnxruntime-genai takes one prompt per batched sequence: after the first step, "
                                    "a batch of more than one row continues only through its own generate loop")
-        new_mask = attention_mask[:, -input_ids.shape[1]:]
-        ids = np.where(new_mask > 0, input_ids, self._pad).astype(np.int32)
-        self._generator.append_tokens(ids)
+        real = attention_mask[:, -input_ids.shape[1]:] > 0
+        if not real.all():
+            if input_ids.shape[0] > 1 or self._appended:
+                raise UnsupportedError("onnxruntime-genai does not mask padding: give it rows of one length")
+            input_ids = input_ids[:, real[0]]
+        self._generator.append_tokens(np.ascontiguousarray(input_ids, dtype=np.int32))
         self._appended += 1
-        return np.asarray(self._generator.get_output("logits"), dtype=np.float32)
+        logits = np.asarray(self._generator.get_output("logits"), dtype=np.float32)
+        if logits.shape[1] < real.shape[1]:  # the padding's place, as the other runtimes return it
+            pad = np.zeros((logits.shape[0], real.shape[1] - logits.shape[1], logits.shape[2]), np.float32)
+            logits = np.concatenate([pad, logits], axis=1)
+        return logits
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Logits of every position; a left-padded batch is run a row at a time (the padding's logits are 0)."""
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        if mask is None or mask.all() or ids.shape[0] == 1:
+            return super().run({"input_ids": ids, "attention_mask": np.ones_like(ids) if mask is None else mask})
+        return {"logits": np.concatenate([super(OrtGenAIDecoder, self).run(
+            {"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]})["logits"] for i in range(ids.shape[0])])}
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False, seed=0, temperature=1.0,
                  top_k=0, eos_token_id=-1) -> np.ndarray:
@@ -67,12 +84,18 @@ class OrtGenAIDecoder(Decoder):
         ids = np.asarray(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
         stop = self.eos_token_id if eos_token_id == -1 else eos_token_id
-        tokens = self._greedy(ids, mask, max_new_tokens, ignore_eos=stop is None)
-        return tokens
+        if ids.shape[0] > 1 and not mask.all():  # a row at a time: the engine would attend to the padding
+            rows = [self._greedy(ids[i:i + 1], mask[i:i + 1], max_new_tokens, ignore_eos=stop is None)[0]
+                    for i in range(ids.shape[0])]
+            out = np.full((len(rows), max(map(len, rows))), self.pad_token_id, dtype=np.int64)
+            for i, row in enumerate(rows):
+                out[i, :len(row)] = row
+            return out
+        return self._greedy(ids, mask, max_new_tokens, ignore_eos=stop is None)
 
     def _greedy(self, ids: np.ndarray, mask: np.ndarray, new_tokens: int, ignore_eos: bool,
                 clock: list[float] | None = None) -> np.ndarray:
-        length = ids.shape[1] + new_tokens
+        length = int(mask.sum(axis=1).max()) + new_tokens
         # min_length keeps the engine from stopping at its end token when the end is ignored (a benchmark, a
         # validation): it then never chooses that token, as llama.cpp's and OpenVINO GenAI's benchmarks do.
         self._new(ids.shape[0], max_length=length, min_length=length if ignore_eos else 0)
