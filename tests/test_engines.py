@@ -137,3 +137,20 @@ def test_the_engines_time_generation_and_say_what_they_cannot_give(built):
     # the engines run language models only: an encoder run never pairs with them
     assert runtimes.runs("ort-genai", "onnx", DECODER) and not runtimes.runs("ort-genai", "onnx", ENCODER)
     assert not runtimes.runs("openvino-genai", "openvino", ENCODER)
+
+
+@pytest.mark.parametrize("name", ["onnx", "onnx-weight-int8", "openvino", "openvino-nncf-weight-int8"])
+def test_optimums_causal_lm_classes_load_the_artifact_and_generate_pytorchs_tokens(built, name):
+    """What a transformers user reaches for: optimum's ORTModelForCausalLM (ONNX) or OVModelForCausalLM (a stateful
+    IR with beam_idx), given the artifact's folder."""
+    import torch
+
+    if name.startswith("onnx"):
+        from optimum.onnxruntime import ORTModelForCausalLM as Model
+    else:
+        from optimum.intel import OVModelForCausalLM as Model
+    model = Model.from_pretrained(str(built["artifacts"][name].directory))
+    ids = torch.from_numpy(built["batch"]["input_ids"][1:])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                         min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=2)
+    assert out[0, ids.shape[1]:].tolist() == built["torch"][1].tolist()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from importlib.util import find_spec
+from pathlib import Path
 
 import numpy as np
 
@@ -22,17 +23,18 @@ class OrtGenAIDecoder(Decoder):
     """`run` and `step` give the graph's own logits (all positions fed); `generate` and `timed_generate` run the
     engine's greedy loop. The engine masks the pad token: qdeploy's left padding is written as that token."""
 
-    def __init__(self, artifact: Artifact, threads: int | None, **kwargs):
+    def __init__(self, directory: Path, threads: int | None, **kwargs):
+        """`directory`: any folder ORT GenAI loads (a qdeploy artifact, or what the engine's model builder wrote)."""
         import onnxruntime_genai as og
 
         super().__init__(**kwargs)
         self._og = og
-        config = og.Config(str(artifact.directory))
+        config = og.Config(str(directory))
         options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1} if threads else {}
         if options:
             config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
         self.model = og.Model(config)
-        genai = json.loads((artifact.directory / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]
+        genai = json.loads((directory / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]
         self._context = int(genai.get("context_length") or 2048)
         self._pad = int(genai.get("pad_token_id", self.pad_token_id))
         self._generator = None
@@ -138,7 +140,7 @@ class OrtGenAIRuntime:
 
         if GENAI_CONFIG not in artifact.manifest.files:
             raise UnsupportedError(f"{artifact.directory} has no {GENAI_CONFIG}: export it again with this qdeploy")
-        return OrtGenAIDecoder(artifact, threads, **common_args(artifact))
+        return OrtGenAIDecoder(artifact.directory, threads, **common_args(artifact))
 
 
 RUNTIMES.register("ort-genai")(OrtGenAIRuntime())
