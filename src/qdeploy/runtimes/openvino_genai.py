@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from importlib.util import find_spec
+from pathlib import Path
 
 import numpy as np
 
@@ -20,16 +21,17 @@ NO_LOGITS = "openvino-genai returns generated tokens, not logits"
 
 
 class OpenVinoGenAIDecoder(Decoder):
-    def __init__(self, artifact: Artifact, threads: int | None, **kwargs):
+    def __init__(self, directory: Path, properties: dict, threads: int | None, **kwargs):
+        """`directory`: any folder LLMPipeline loads; `properties`: the CPU plugin's (an fp32 artifact keeps f32
+        inference and an f32 cache)."""
         import openvino_genai as og
 
         super().__init__(**kwargs)
         self._og = og
-        # The artifact's own properties (an fp32 artifact keeps f32 inference and an f32 cache) and the threads.
-        properties = dict(artifact.manifest.runtime_config.get("openvino", {}))
+        properties = dict(properties)
         if threads:
             properties["INFERENCE_NUM_THREADS"] = threads
-        self.pipeline = og.LLMPipeline(str(artifact.directory), "CPU", **properties)
+        self.pipeline = og.LLMPipeline(str(directory), "CPU", **properties)
         self.settings = {"engine": f"openvino-genai {og.__version__}", "properties": {k: str(v) for k, v in
                                                                                        properties.items()},
                          "loop": "engine (C++)"}
@@ -47,8 +49,7 @@ class OpenVinoGenAIDecoder(Decoder):
         config = self._og.GenerationConfig()
         config.max_new_tokens = new_tokens
         config.do_sample = False
-        if ignore_eos:
-            config.min_new_tokens = new_tokens
+        if ignore_eos:  # generated like any other token, and generation goes on after it
             config.ignore_eos = True
         elif self.eos_token_id is not None:
             config.eos_token_id = int(self.eos_token_id)
@@ -115,7 +116,8 @@ class OpenVinoGenAIRuntime:
         if TOKENIZER_IR not in artifact.manifest.files:
             raise UnsupportedError(f"{artifact.directory} has no {TOKENIZER_IR} (a stateless IR, or exported by an "
                                    "older qdeploy): export it again, stateful")
-        return OpenVinoGenAIDecoder(artifact, threads, **common_args(artifact))
+        return OpenVinoGenAIDecoder(artifact.directory, artifact.manifest.runtime_config.get("openvino", {}), threads,
+                                    **common_args(artifact))
 
 
 RUNTIMES.register("openvino-genai")(OpenVinoGenAIRuntime())

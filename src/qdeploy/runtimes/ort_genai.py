@@ -98,12 +98,18 @@ class OrtGenAIDecoder(Decoder):
     def _greedy(self, ids: np.ndarray, mask: np.ndarray, new_tokens: int, ignore_eos: bool,
                 clock: list[float] | None = None) -> np.ndarray:
         length = int(mask.sum(axis=1).max()) + new_tokens
-        # min_length keeps the engine from stopping at its end token when the end is ignored (a benchmark, a
-        # validation): it then never chooses that token, as llama.cpp's and OpenVINO GenAI's benchmarks do.
-        self._new(ids.shape[0], max_length=length, min_length=length if ignore_eos else 0)
+        batch = ids.shape[0]
+        # The end token ignored: one row feeds it on and goes on, as the other runtimes do; a batch cannot append
+        # again (ORT GenAI 0.18), so there min_length keeps the engine from choosing it at all.
+        self._new(batch, max_length=min(self._context, length + new_tokens),
+                  min_length=length if ignore_eos and batch > 1 else 0)
         self.step(ids, mask)
-        out = []
-        while not self._generator.is_done() and len(out) < new_tokens:
+        out: list[np.ndarray] = []
+        while len(out) < new_tokens:
+            if self._generator.is_done():
+                if not ignore_eos or batch > 1:
+                    break
+                self._generator.append_tokens(out[-1][:, None].astype(np.int32))
             self._generator.generate_next_token()
             out.append(np.asarray(self._generator.get_next_tokens(), dtype=np.int64))
             if clock is not None:
