@@ -154,3 +154,17 @@ def test_optimums_causal_lm_classes_load_the_artifact_and_generate_pytorchs_toke
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
                          min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=2)
     assert out[0, ids.shape[1]:].tolist() == built["torch"][1].tolist()
+
+
+def test_sibling_projections_run_as_one_kernel(built):
+    """weight-int8 on ONNX: each layer's query/key/value and gate/up MatMulNBits become one kernel and a Split (as
+    ORT GenAI's builder lays them out); the greedy tokens above are those of this graph."""
+    import onnx
+
+    graph = onnx.load(str(built["artifacts"]["onnx-weight-int8"].model_path)).graph
+    kernels = [node for node in graph.node if node.op_type == "MatMulNBits"]
+    fused = [node for node in kernels if node.doc_string.startswith("fused:")]
+    members = [len(node.doc_string.split(",")) for node in fused]
+    assert sorted(members) == [2] * 5 + [3] * 5  # 5 layers: gate/up and query/key/value
+    consumers = {name for node in graph.node if node.op_type == "Split" for name in node.input}
+    assert all(node.output[0] in consumers for node in fused)

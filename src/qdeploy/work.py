@@ -19,8 +19,8 @@ from .artifact import Artifact
 from .baseline import BASELINE, FP32_VARIANTS, baseline_artifact
 from .benchmarking import (LatencyScenario, RssSampler, ThroughputScenario, benchmark_case, measure_concurrent,
                            measure_timings, throughput_runner)
-from .benchmarking.generation import GenerationScenario, generates, measure_generation
-from .benchmarking.interleaved import RoundsScenario, run_rounds
+from .benchmarking.generation import GenerationScenario, generates, generation_rounds, measure_generation
+from .benchmarking.interleaved import Rounds, RoundsScenario, ratio, run_rounds
 from .benchmarking.latency import request
 from .benchmarking.threads import ThreadChoice, choose_threads
 from .calibration import CalibrationSource
@@ -254,10 +254,16 @@ def speed_cell(run: RunContext, pairs: list[tuple[str, str]], cpus: int | None) 
     if not sessions:
         return {"skipped": "; ".join(skipped.values()) or "nothing to time", "session": SESSION}
     reference = next(iter(sessions))  # pairs come baseline first, then the fp32 artifacts, then the variants
+    # A language model is timed as it is used: decoding, through each runtime's own generation loop (an engine's is
+    # its C++ loop); one prefill call would rank runtimes by what a user waits for once, not per token.
+    decoding = all(generates(session) for session in sessions.values())
     batches = {}
     for batch in run.scenarios.batch_sizes:
-        timed_calls = {key: request(session, shared.inputs[batch].inputs) for key, session in sessions.items()}
-        rounds = run_rounds(timed_calls, run.scenarios.rounds)
+        if decoding:
+            rounds, first = _decode_rounds(sessions, shared.inputs[batch].inputs, run.scenarios)
+        else:
+            timed_calls = {key: request(session, shared.inputs[batch].inputs) for key, session in sessions.items()}
+            rounds, first = run_rounds(timed_calls, run.scenarios.rounds), None
         rows = {}
         for key in sessions:
             runtime = key.split("@", 1)[1]
@@ -268,10 +274,25 @@ def speed_cell(run: RunContext, pairs: list[tuple[str, str]], cpus: int | None) 
                          "ratio_cv": round(rounds.ratio_cv(reference, key), 4),
                          "median_ms": round(float(np.median(rounds.seconds[key])) * 1000, 3),
                          "busy": rounds.noisy(reference, key)}
-        batches[str(batch)] = {"rows": rows, "busy": rounds.busy, "load": rounds.load}
+            if first is not None:
+                rows[key]["ttft_vs_reference"] = ratio(first[reference], first[key]).to_dict()
+        batches[str(batch)] = {"rows": rows, "busy": rounds.busy, "load": rounds.load,
+                               "timed": DECODE_TIMED.format(new=run.scenarios.generation.new_tokens - 1)
+                               if decoding else "one model-only call"}
     return {"reference": reference, "batches": batches, "not_timed": skipped, "session": SESSION,
             "threads": threads, "threads_choice": _thread_choice(run, cpus).to_dict(),
             "rounds": run.scenarios.rounds.rounds}
+
+
+DECODE_TIMED = "decode: the {new} greedy tokens after the first, through each runtime's generation loop"
+
+
+def _decode_rounds(sessions: dict, inputs: list[dict[str, np.ndarray]], scenarios: Scenarios):
+    """Decode seconds per round as Rounds (so that ratios, cvs and noise read as for single calls), and the time
+    to the first token of each round."""
+    ttft, decode, load, busy = generation_rounds(sessions, inputs, scenarios.generation.new_tokens,
+                                                 scenarios.rounds.rounds)
+    return Rounds(decode, {key: 1 for key in sessions}, load, busy, scenarios.rounds.cv_threshold), ttft
 
 
 def _bench(artifact, name, runtime, threads, inputs, scenarios: Scenarios) -> list[dict]:

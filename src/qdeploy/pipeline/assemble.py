@@ -12,6 +12,7 @@ from ..baseline import BASELINE, relate, tolerance_for
 from ..benchmarking import TIMINGS, LatencyScenario
 from ..config import to_dict
 from ..machine import describe
+from ..tasks import task as get_task
 from ..report import write_reports
 from ..report.model import REPORT_SCHEMA, Report, Row
 from ..report.recommend import recommend
@@ -42,7 +43,10 @@ def write(out: Path, checked: Checked, stages: Stages, variants: list[dict[str, 
                   "throughput_streams": plan.throughput_streams,
                   "speed-up": f"median of per-round ratios over {plan.rounds} interleaved rounds (the reference, "
                               "each variant and its runtime's fp32 timed alternately in one process), with the "
-                              "distribution-free 95 % interval of the median",
+                              "distribution-free 95 % interval of the median"
+                              + (f"; each round times decoding ({plan.new_tokens - 1} greedy tokens after the first, "
+                                 "through each runtime's generation loop)" if get_task(plan.task).generative else
+                                 "; each round times model-only calls"),
                   "threads_choice": (next(iter(stages.thread_choices.values()), None) if single
                                      else stages.thread_choices),
                   "tolerance": {m: tolerance_for(m, plan).describe() for m in checked.metrics},

@@ -157,6 +157,13 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
 
         if parent.format in BACKENDS:  # e.g. an ONNX Runtime optimizer the written graph cannot load with
             runtime_config = BACKENDS.get(parent.format).load_settings(tmp / result.model_file, runtime_config)
+        if kind == DECODER and parent.format == "onnx":
+            from .backends.onnx_fusion import fuse_file
+
+            fused = fuse_file(tmp / result.model_file)
+            if fused:
+                notes.append(f"{fused} MatMulNBits reading one activation (query/key/value, gate/up) fused in "
+                             "groups: one kernel each, as ONNX Runtime GenAI's builder lays them out")
         if kind == DECODER:
             # How the KV cache is carried does not change with the weights' precision.
             runtime_config = {**runtime_config, "decoder": parent.manifest.runtime_config["decoder"]}

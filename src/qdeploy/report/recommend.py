@@ -20,7 +20,9 @@ from .model import Quality, Report, Row, as_report
 
 BASELINE = "pytorch-fp32"
 # Simpler first: what a deployment has to install (onnxruntime ~20 MB, openvino ~60 MB, GPU stacks, then PyTorch).
-RUNTIME_ORDER = ("ort-cpu", "openvino-cpu", "ort-openvino", "ort-cuda", "ort-tensorrt", "torch")
+# The engines come after the plain runtimes: each is one more package on top of them.
+RUNTIME_ORDER = ("ort-cpu", "openvino-cpu", "ort-genai", "openvino-genai", "ort-openvino", "ort-cuda", "ort-tensorrt",
+                 "torch")
 
 
 @dataclass
@@ -179,6 +181,8 @@ def _choose(rows: list[Row], machine_name: str, machine: dict) -> Choice | None:
     size = winner.size_mb
     reference = winner.speed_reference or f"{BASELINE}@torch"
     against = "PyTorch fp32" if reference == f"{BASELINE}@torch" else reference.replace("@", " on ")
+    if winner.generation:  # a language model's rounds timed decoding (work.DECODE_TIMED)
+        against += " decoding"
     headline = (f"ship {_name(winner)}: {_x(winner, against)}, {_quality_text(_headline_quality(winner))}"
                 + (f", {size:.0f} MB" if size is not None else ""))
     if fallback:

@@ -17,7 +17,8 @@ from . import RUNTIMES
 from .decoding import Decoder
 
 TOKENIZER_IR = "openvino_tokenizer.xml"
-NO_LOGITS = "openvino-genai returns generated tokens, not logits"
+NO_LOGITS = ("openvino-genai returns generated tokens, not logits: metrics scored on logits (token-agreement, "
+             "perplexity, log-likelihoods) are not measured through it")
 
 
 class OpenVinoGenAIDecoder(Decoder):
