@@ -6,15 +6,15 @@ logits: it measures generation speed and anything scored on generated tokens; a 
 from __future__ import annotations
 
 import time
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 
-from ..artifact import DECODER, Artifact
+from ..artifact import Artifact
 from ..errors import UnsupportedError
 from . import RUNTIMES
 from .decoding import Decoder
+from .engine import EngineRuntime, greedy_request, pad_rows
 
 TOKENIZER_IR = "openvino_tokenizer.xml"
 NO_LOGITS = ("openvino-genai returns generated tokens, not logits: metrics scored on logits (token-agreement, "
@@ -65,16 +65,9 @@ class OpenVinoGenAIDecoder(Decoder):
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False, seed=0, temperature=1.0,
                  top_k=0, eos_token_id=-1) -> np.ndarray:
-        if do_sample:
-            raise UnsupportedError("qdeploy drives openvino-genai greedily; sampling is the engine's own option")
-        ids = np.asarray(input_ids)
-        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-        stop = self.eos_token_id if eos_token_id == -1 else eos_token_id
-        rows = self._generate(ids, mask, max_new_tokens, ignore_eos=stop is None).tokens
-        out = np.full((len(rows), max(map(len, rows))), self.pad_token_id, dtype=np.int64)
-        for i, row in enumerate(rows):
-            out[i, :len(row)] = row
-        return out
+        ids, mask, ignore_eos = greedy_request("openvino-genai", input_ids, attention_mask, do_sample, eos_token_id,
+                                               self.eos_token_id)
+        return pad_rows(self._generate(ids, mask, max_new_tokens, ignore_eos).tokens, self.pad_token_id)
 
     def first_token(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """The prompt's greedy next token: what this engine's prefill gives instead of logits."""
@@ -99,26 +92,13 @@ class OpenVinoGenAIDecoder(Decoder):
         return clock[0] - t0, clock[-1] - clock[0]
 
 
-class OpenVinoGenAIRuntime:
-    name = "openvino-genai"
-    formats = ("openvino",)
-    kinds = (DECODER,)
+def _load(artifact: Artifact, threads: int | None) -> OpenVinoGenAIDecoder:
+    from .decoding import common_args
 
-    def unavailable_reason(self) -> str | None:
-        return None if find_spec("openvino_genai") else "openvino-genai is not installed"
-
-    def supports(self, artifact: Artifact) -> bool:
-        return (artifact.format in self.formats and artifact.manifest.kind in self.kinds
-                and TOKENIZER_IR in artifact.manifest.files)
-
-    def load(self, artifact: Artifact, threads: int | None = None) -> OpenVinoGenAIDecoder:
-        from .decoding import common_args
-
-        if TOKENIZER_IR not in artifact.manifest.files:
-            raise UnsupportedError(f"{artifact.directory} has no {TOKENIZER_IR} (a stateless IR, or exported by an "
-                                   "older qdeploy): export it again, stateful")
-        return OpenVinoGenAIDecoder(artifact.directory, artifact.manifest.runtime_config.get("openvino", {}), threads,
-                                    **common_args(artifact))
+    return OpenVinoGenAIDecoder(artifact.directory, artifact.manifest.runtime_config.get("openvino", {}), threads,
+                                **common_args(artifact))
 
 
-RUNTIMES.register("openvino-genai")(OpenVinoGenAIRuntime())
+RUNTIMES.register("openvino-genai")(EngineRuntime(
+    "openvino-genai", "openvino", "openvino_genai", "openvino-genai", TOKENIZER_IR,
+    "a stateless IR, or one exported by an older qdeploy: export it again, stateful", _load))

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import json
 import time
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 
-from ..artifact import DECODER, Artifact
+from ..artifact import Artifact
 from ..errors import UnsupportedError
 from . import RUNTIMES
 from .decoding import Decoder
+from .engine import EngineRuntime, greedy_request, pad_rows
 
 GENAI_CONFIG = "genai_config.json"
 
@@ -81,19 +81,12 @@ class OrtGenAIDecoder(Decoder):
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False, seed=0, temperature=1.0,
                  top_k=0, eos_token_id=-1) -> np.ndarray:
-        if do_sample:
-            raise UnsupportedError("qdeploy drives onnxruntime-genai greedily; sampling is the engine's own option")
-        ids = np.asarray(input_ids)
-        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-        stop = self.eos_token_id if eos_token_id == -1 else eos_token_id
+        ids, mask, ignore_eos = greedy_request("onnxruntime-genai", input_ids, attention_mask, do_sample, eos_token_id,
+                                               self.eos_token_id)
         if ids.shape[0] > 1 and not mask.all():  # a row at a time: the engine would attend to the padding
-            rows = [self._greedy(ids[i:i + 1], mask[i:i + 1], max_new_tokens, ignore_eos=stop is None)[0]
-                    for i in range(ids.shape[0])]
-            out = np.full((len(rows), max(map(len, rows))), self.pad_token_id, dtype=np.int64)
-            for i, row in enumerate(rows):
-                out[i, :len(row)] = row
-            return out
-        return self._greedy(ids, mask, max_new_tokens, ignore_eos=stop is None)
+            return pad_rows([self._greedy(ids[i:i + 1], mask[i:i + 1], max_new_tokens, ignore_eos)[0]
+                             for i in range(ids.shape[0])], self.pad_token_id)
+        return self._greedy(ids, mask, max_new_tokens, ignore_eos)
 
     def _greedy(self, ids: np.ndarray, mask: np.ndarray, new_tokens: int, ignore_eos: bool,
                 clock: list[float] | None = None) -> np.ndarray:
@@ -128,25 +121,11 @@ class OrtGenAIDecoder(Decoder):
         return clock[0] - t0, clock[-1] - clock[0]
 
 
-class OrtGenAIRuntime:
-    name = "ort-genai"
-    formats = ("onnx",)
-    kinds = (DECODER,)
+def _load(artifact: Artifact, threads: int | None) -> OrtGenAIDecoder:
+    from .decoding import common_args
 
-    def unavailable_reason(self) -> str | None:
-        # Found, not imported: the plan check stays fast.
-        return None if find_spec("onnxruntime_genai") else "onnxruntime-genai is not installed"
-
-    def supports(self, artifact: Artifact) -> bool:
-        return (artifact.format in self.formats and artifact.manifest.kind in self.kinds
-                and GENAI_CONFIG in artifact.manifest.files)
-
-    def load(self, artifact: Artifact, threads: int | None = None) -> OrtGenAIDecoder:
-        from .decoding import common_args
-
-        if GENAI_CONFIG not in artifact.manifest.files:
-            raise UnsupportedError(f"{artifact.directory} has no {GENAI_CONFIG}: export it again with this qdeploy")
-        return OrtGenAIDecoder(artifact.directory, threads, **common_args(artifact))
+    return OrtGenAIDecoder(artifact.directory, threads, **common_args(artifact))
 
 
-RUNTIMES.register("ort-genai")(OrtGenAIRuntime())
+RUNTIMES.register("ort-genai")(EngineRuntime("ort-genai", "onnx", "onnxruntime_genai", "onnxruntime-genai",
+                                             GENAI_CONFIG, "export it again with this qdeploy", _load))
