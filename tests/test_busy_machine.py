@@ -1,8 +1,9 @@
 """The decision survives a busy machine: the same small plan on an idle machine and beside a CPU-bound busy loop.
 
 The busy loop is a separate process pinned to one core for the whole second run. The runs share one artifact store,
-so each measures the very same files. What must hold: the same recommended variant, every speed-up interval of the
-busy run overlapping the idle run's, and the busy run's rows marked with the reason.
+so each measures the very same files. What must hold: the same recommended variant (or, when
+the busy run's wider intervals put the idle winner within noise of fp32, fp32 with that reason), every speed-up
+interval of the busy run overlapping the idle run's, and the busy run's rows marked with the reason.
 
 On the busy machine the thread probe may choose fewer threads than the idle run's one per core, and a ratio at one
 thread is a different quantity from a ratio at two (int8 gains more at one thread here). So the intervals are compared
@@ -59,7 +60,17 @@ def test_recommendation_and_ratios_hold_beside_a_busy_loop(tmp_path):
         (choice,) = report.recommendation["choices"]
         return choice["variant"], choice["runtime"]
 
-    assert pick(idle) == pick(busy), (idle.recommendation, busy.recommendation)
+    if pick(idle) != pick(busy):
+        # The rule is decided by intervals, and a winner close to fp32 (dynamic int8 on AVX2 without VNNI gains
+        # ~1.1-1.3x here) may land within noise of it in one run and not in the other. Then one run recommends fp32
+        # and says that the other's pick was within noise; neither ever picks a different quantized variant.
+        runs = {pick(idle): idle, pick(busy): busy}
+        fell_back = [r for r in runs.values() if r.recommendation["choices"][0]["fp32_fallback"]]
+        assert len(fell_back) == 1, (idle.recommendation, busy.recommendation)
+        (choice,) = fell_back[0].recommendation["choices"]
+        other = next(p for p in runs if p != (choice["variant"], choice["runtime"]))
+        assert f"{' on '.join(other)}, the best quantized variant, was within noise of fp32" in choice["reasons"][0], \
+            (idle.recommendation, busy.recommendation)
     intervals = {(r.variant, r.runtime): r.speedup_interval for r in same_threads.results}
     for row in busy.results:
         low, high = row.speedup_interval

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from .conftest import SST2_DEV, SST2_MODEL
+from .conftest import SST2_DEV, SST2_MODEL, STORIES
 
 
 def qdeploy(*args, cwd=None, env=None):
@@ -126,3 +126,49 @@ def test_run_never_overwrites(tmp_path):
 def test_help_has_examples():
     proc = qdeploy("run", "--help")
     assert proc.returncode == 0 and "examples:" in proc.stdout and "--eval" in proc.stdout
+
+
+def test_a_run_whose_every_method_failed_exits_1_and_resume_tries_it_again(tmp_path):
+    """qat trains classifiers and encoders only: on a language model its one cell fails (for real, in the quantize
+    stage), so nothing that was asked for was measured. The report is still written; the exit code says it failed."""
+    out = tmp_path / "out"
+    small = ["--runtimes", "ort-cpu", "--batch-sizes", "1", "--seq-len", "16", "--warmup", "1", "--min-reps", "3",
+             "--min-time-s", "0", "--rounds", "6", "--new-tokens", "4"]
+    proc = qdeploy("run", "--model", STORIES, "--methods", "qat", *small, "--out", out)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(out / "report.html")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("qdeploy: error: the run failed: every requested method failed (qat)"), last
+    assert "not run qat on (all): qat supports" in proc.stderr
+    first = json.loads((out / "cells" / "build-qat.json").read_text())
+    assert "skipped" in first
+
+    resumed = qdeploy("run", "--resume", out, "--keep-going")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    again = json.loads((out / "cells" / "build-qat.json").read_text())
+    assert again["session"] != first["session"], "the failed cell was not tried again on --resume"
+    assert "every requested method failed" not in resumed.stderr
+
+
+def test_outcome_counts_what_was_asked_for():
+    from qdeploy.pipeline.outcome import outcome
+    from qdeploy.report.model import Report, Row
+
+    def row(variant, runtime):
+        return Row.from_dict({"variant": variant, "runtime": runtime, "batch": 1})
+
+    plan = {"methods": [{"name": "ort-dynamic", "options": {}}, {"name": "ort-static", "options": {}}],
+            "runtimes": ["torch", "ort-cpu"]}
+    skipped = [{"variant": "ort-static", "runtime": "(all)", "reason": "calibration failed\nsecond line"}]
+    some = outcome(Report(plan=plan, skipped=skipped, results=[row("pytorch-fp32", "torch"),
+                                                               row("ort-dynamic", "ort-cpu")]))
+    assert not some.failed and some.failed_methods == ("ort-static",)
+    assert [f.line() for f in some.failures] == ["ort-static on (all): calibration failed"]
+    none = outcome(Report(plan=plan, skipped=skipped, results=[row("pytorch-fp32", "torch"),
+                                                               row("onnx-fp32", "ort-cpu")]))
+    assert none.failed and "every requested method failed (ort-dynamic, ort-static)" in none.summary()
+    runtime_down = outcome(Report(plan={**plan, "methods": []}, results=[row("pytorch-fp32", "torch")]))
+    assert runtime_down.failed and runtime_down.failed_runtimes == ("ort-cpu",)
+    auto = outcome(Report(plan={"methods": [], "runtimes": ["auto"]}, results=[row("pytorch-fp32", "torch")],
+                          skipped=[{"variant": "(all)", "runtime": "ort-cuda", "reason": "not installed"}]))
+    assert not auto.failed  # a runtime that is not installed here was never tried

@@ -22,7 +22,7 @@ def cmd_run(args, console):
     if args.resume:
         how = {"executor": args.executor, "address": args.address, "retries": args.retries}  # not what is run
         given = [k for k, v in vars(args).items()
-                 if k not in ("resume", "debug", "command", *how) and v is not None]
+                 if k not in ("resume", "debug", "command", "keep_going", *how) and v is not None]
         if given:
             raise ConfigError(f"--resume continues a run with its own saved plan; drop --{given[0].replace('_', '-')}")
         plan = pipeline.load_resumable(Path(args.resume))
@@ -39,8 +39,20 @@ def cmd_run(args, console):
                                    resume=bool(args.resume))
     from .cli_table import print_report
 
-    print_report(console, load_report(report_path.parent))
+    from .pipeline.outcome import outcome
+
+    report = load_report(report_path.parent)
+    print_report(console, report)
     print(report_path)
+    result = outcome(report)
+    if result.failures:
+        console.print(f"{len(result.failures)} cell(s) not run, one line each above ('not run'); "
+                      f"`qdeploy run --resume {report_path.parent}` tries them again")
+    if result.failed and not args.keep_going:
+        print(f"qdeploy: error: the run failed: {result.summary()}; the report lists why (--keep-going: exit 0 "
+              "anyway)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_export(args, console):
@@ -223,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _quiet_libraries()
-        COMMANDS[args.command or "run"](args if args.command else build_parser().parse_args(["run"]), console)
-        return 0
+        code = COMMANDS[args.command or "run"](args if args.command else build_parser().parse_args(["run"]), console)
+        return code or 0
     except QdeployError as exc:
         if _interrupted:  # Ctrl-C inside a library that turned it into an error of its own
             return _report_interrupt()

@@ -64,7 +64,11 @@ def _add_run(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", type=Path, metavar="PLAN.yaml",
                    help="plan file (YAML, e.g. examples/sst2-plan.yaml); flags override its keys")
-    p.add_argument("--resume", metavar="OUT", help="continue an interrupted run in OUT, re-using its finished cells")
+    p.add_argument("--resume", metavar="OUT", help="continue an interrupted run in OUT, re-using its finished cells "
+                                                  "and trying its failed ones again")
+    p.add_argument("--keep-going", action="store_true", default=None,
+                   help="exit 0 even when every requested method or runtime failed (the failures are still listed); "
+                        "without it such a run exits 1")
     p.add_argument("--model", metavar="ID_OR_DIR",
                    help="local model directory, .gguf file or Hugging Face hub id (default: all-MiniLM-L6-v2; "
                         "SmolLM2-135M-Instruct for text-generation)")

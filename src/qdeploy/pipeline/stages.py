@@ -34,7 +34,7 @@ class Stages:
         todo = []
         for cell in cells:
             record = self.store.get(cell.key.kind, cell.key.name)
-            if record is None:
+            if record is None or "skipped" in record:  # a failed cell is tried again on --resume
                 todo.append(cell)
             else:
                 results[cell.key] = {**record, "references": self._references(cell)}
