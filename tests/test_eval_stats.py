@@ -120,44 +120,72 @@ def test_paired_refuses_different_items():
         stats.interval(evaluation.metric("rouge"), np.zeros((0, 1)))
 
 
-def _pair(delta, low, high, p):
-    return stats.Paired(delta, low, high, p, "test", 100)
+def _pair(delta, low, high, p=0.5, n=100):
+    """A pair whose 90 % interval (the one the equivalence test reads) is low..high."""
+    return stats.Paired(delta, low, high, p, "test", n, low, high)
 
 
-def test_judge_follows_the_rule():
+def test_judge_is_an_equivalence_test():
     accuracy = evaluation.metric("accuracy")  # absolute 0.01
-    # the whole interval within a point
-    verdict = stats.judge(accuracy, 0.884, 0.886, _pair(-0.002, -0.006, 0.004, 0.6))
-    assert verdict.qualifies and verdict.phrase == "within tolerance (interval -0.6..+0.4 point)"
-    # interval reaches past a point, but the loss is small and not significant
-    verdict = stats.judge(accuracy, 0.88, 0.886, _pair(-0.006, -0.02, 0.008, 0.81))
-    assert verdict.qualifies and verdict.phrase == "no significant loss (-0.6 point, p = 0.81)"
-    # a significant loss beyond the tolerance
-    verdict = stats.judge(accuracy, 0.854, 0.886, _pair(-0.032, -0.045, -0.02, 0.001))
-    assert not verdict.qualifies and verdict.phrase == "loss beyond tolerance: -3.2 points (p = 0.001)"
-    # a point loss beyond the tolerance, even when not significant, does not qualify
-    assert not stats.judge(accuracy, 0.87, 0.886, _pair(-0.016, -0.04, 0.008, 0.3)).qualifies
-    # a significant loss inside the tolerance whose interval reaches past it
-    verdict = stats.judge(accuracy, 0.878, 0.886, _pair(-0.008, -0.014, -0.002, 0.01))
-    assert not verdict.qualifies and verdict.phrase.startswith("significant loss, may exceed tolerance")
-    verdict = stats.judge(accuracy, 0.894, 0.886, _pair(0.008, 0.001, 0.015, 0.02))
-    assert verdict.qualifies and verdict.phrase == "significantly better (+0.8 point, p = 0.02)"
+    verdict = stats.judge(accuracy, 0.884, 0.886, _pair(-0.002, -0.006, 0.004))
+    assert verdict.qualifies and verdict.phrase == "equivalent within 1 point (90 % interval -0.6..+0.4 point)"
+    # the interval reaches past a point of loss: whatever the point value or a p-value says, it cannot be told
+    verdict = stats.judge(accuracy, 0.88, 0.886, _pair(-0.006, -0.02, 0.008, p=0.81))
+    assert not verdict.qualifies
+    assert verdict.phrase == "not enough data to tell within 1 point (90 % interval -2.0..+0.8 points, 100 items)"
+    verdict = stats.judge(accuracy, 0.854, 0.886, _pair(-0.032, -0.045, -0.02, p=0.001))
+    assert not verdict.qualifies and verdict.phrase == "worse by more than 1 point (90 % interval -4.5..-2.0 points)"
+    verdict = stats.judge(accuracy, 0.894, 0.886, _pair(0.008, 0.001, 0.015))
+    assert verdict.qualifies and verdict.phrase == "better (90 % interval +0.1..+1.5 points)"
+    verdict = stats.judge(accuracy, 0.89, 0.886, _pair(0.004, -0.008, 0.015))
+    assert verdict.qualifies and verdict.phrase.startswith("no worse by more than 1 point")
     assert verdict.to_dict() == {"qualifies": True, "phrase": verdict.phrase}
+
+
+@pytest.mark.parametrize("lost_per_thousand", [8, 15])
+def test_the_verdict_never_gets_worse_with_more_items(lost_per_thousand):
+    """The same loss measured on 10x and 100x the items: the old rule (a point loss within tolerance and not
+    significant qualifies) passed 2 lost in 250 and failed 20 lost in 2,500. The equivalence test may only move from
+    "not enough data" to a decision."""
+    accuracy = evaluation.metric("accuracy")
+    verdicts = []
+    for n in (250, 2500, 25000):
+        lost = lost_per_thousand * n // 1000
+        base, variant = _binary(n, n), _binary(n, n - lost)
+        pair = stats.paired(accuracy, variant, base, resamples=200)
+        verdicts.append(stats.judge(accuracy, float(variant.mean()), 1.0, pair))
+    qualifies = [v.qualifies for v in verdicts]
+    assert qualifies == sorted(qualifies), [v.phrase for v in verdicts]
+    assert verdicts[0].phrase.startswith("not enough data to tell")
+    final = "equivalent within 1 point" if lost_per_thousand < 10 else "worse by more than 1 point"
+    assert verdicts[-1].phrase.startswith(final), verdicts[-1].phrase
+
+
+def test_no_change_in_few_items_is_not_proof_of_equivalence():
+    """64 identical answers: a bootstrap interval of the difference collapses to 0..0; the paired-proportions
+    interval used for a binary metric still spans more than a point, so the verdict is "not enough data"."""
+    accuracy = evaluation.metric("accuracy")
+    same = stats.paired(accuracy, _binary(64, 60), _binary(64, 60), resamples=200)
+    assert (same.low, same.high) == (0.0, 0.0)
+    assert same.tost_low < -0.01 and same.tost_high > 0.01
+    assert stats.judge(accuracy, 0.9375, 0.9375, same).phrase.startswith("not enough data to tell")
+    many = stats.paired(accuracy, _binary(3000, 2700), _binary(3000, 2700), resamples=200)
+    assert stats.judge(accuracy, 0.9, 0.9, many).phrase.startswith("equivalent within 1 point")
 
 
 def test_judge_for_lower_is_better_relative_floor_and_no_pair():
     perplexity = evaluation.metric("perplexity")  # relative 2 %, lower is better
     # +1 % perplexity, interval +0.5..+1.5 %: a loss, but within 2 %
     verdict = stats.judge(perplexity, 10.1, 10.0, _pair(0.1, 0.05, 0.15, 0.001))
-    assert verdict.qualifies and verdict.phrase == "within tolerance (interval +0.5..+1.5 %)"
+    assert verdict.qualifies and verdict.phrase == "equivalent within 2 % (90 % interval +0.5..+1.5 %)"
     # falling perplexity is a gain
     verdict = stats.judge(perplexity, 9.9, 10.0, _pair(-0.1, -0.15, -0.05, 0.001))
-    assert verdict.phrase == "significantly better (-1.0 %, p = 0.001)"
+    assert verdict.phrase == "better (90 % interval -1.5..-0.5 %)"
     verdict = stats.judge(perplexity, 10.4, 10.0, _pair(0.4, 0.3, 0.5, 0.0005))
-    assert not verdict.qualifies and verdict.phrase == "loss beyond tolerance: +4.0 % (p < 0.001)"
+    assert not verdict.qualifies and verdict.phrase == "worse by more than 2 % (90 % interval +3.0..+5.0 %)"
     stsb = evaluation.metric("stsb")  # points already: absolute 1.0
     assert stats.judge(stsb, 81.5, 82.0, _pair(-0.5, -0.9, -0.1, 0.01)).phrase == \
-        "within tolerance (interval -0.9..-0.1 point)"
+        "equivalent within 1 point (90 % interval -0.9..-0.1 point)"
     kl = evaluation.metric("kl")
     assert "nats" in stats.judge(kl, 0.3, 0.0, _pair(0.3, 0.25, 0.35, 0.001)).phrase
     cosine = evaluation.metric("cosine")  # floor 0.99, whatever the pair says

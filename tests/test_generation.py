@@ -161,7 +161,8 @@ def test_lastword_and_choice_metrics(decoders, tokenizer, tmp_path):
 
 def test_language_metrics_carry_items_that_pair_with_fp32(decoders, tokenizer, tmp_path):
     """Every language metric's per-item statistics aggregate to its value and pair item by item with the baseline's;
-    ONNX Runtime against PyTorch differs by float rounding only, so each comparison qualifies."""
+    ONNX Runtime against PyTorch differs by float rounding only, so each comparison qualifies where it has the items
+    to show it."""
     ctx = evaluation.EvalContext(tokenizer, ["input_ids", "attention_mask"], max_positions=512)
     choice = tmp_path / "choice.jsonl"
     choice.write_text(json.dumps({"context": "Once upon a time, there was a little",
@@ -180,7 +181,13 @@ def test_language_metrics_carry_items_that_pair_with_fp32(decoders, tokenizer, t
             assert low - 1e-9 <= s.value <= high + 1e-9, (name, low, s.value, high)
         assert score.items.shape == base.items.shape == shapes.get(name, base.items.shape), name
         pair = stats.paired(metric, score.items, base.items)
-        assert stats.judge(metric, score.value, base.value, pair).qualifies, (name, pair)
+        verdict = stats.judge(metric, score.value, base.value, pair)
+        if metric.binary and pair.n < 100:
+            # identical answers; but a handful of items cannot show equivalence within a point, and the
+            # equivalence test says so rather than calling it equivalent
+            assert pair.delta == 0 and verdict.phrase.startswith("not enough data to tell"), (name, verdict)
+        else:
+            assert verdict.qualifies, (name, pair, verdict)
 
 
 def test_weight_only_int8_keeps_perplexity_within_two_percent(decoders, tokenizer, tmp_path):

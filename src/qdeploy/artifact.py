@@ -137,7 +137,9 @@ class Artifact:
         return max_positions(json.loads(config.read_text(encoding="utf-8")))
 
     @classmethod
-    def load(cls, directory: str | Path, verify: bool = False) -> "Artifact":
+    def load(cls, directory: str | Path, verify: bool = False, graph: bool = True) -> "Artifact":
+        """The artifact in `directory`; graph=False reads its manifest only (no graph library imported), for the
+        command line's checks that come before any long work."""
         directory = Path(directory)
         path = directory / MANIFEST
         if not path.is_file():
@@ -150,7 +152,7 @@ class Artifact:
         for rel in [manifest.model_file, *manifest.files]:
             safe_join(directory, rel)
         artifact = cls(directory, manifest)
-        if manifest.format == "onnx":
+        if manifest.format == "onnx" and graph:
             check_onnx_external_data(artifact.model_path)
         if verify:
             artifact.verify()

@@ -92,13 +92,14 @@ def cmd_quantize(args, console):
     from .calibration import CalibrationSource
     from .config import parse_options
 
-    parent = Artifact.load(args.artifact, verify=True)
     if "," in args.method:
         raise ConfigError(f"quantize makes one artifact with one method; got --method {args.method} "
                           "(`qdeploy run --methods` compares several)")
     formats = quantization.method(args.method).formats
+    fmt = Artifact.load(args.artifact, graph=False).format  # the format the options are checked for
     config = quantization.make_config(args.method, parse_options(_own_options(args.option, args.method)),
-                                      parent.format if parent.format in formats else None)
+                                      fmt if fmt in formats else None)
+    parent = Artifact.load(args.artifact, verify=True)  # the graph (and its library): after the command line's checks
     calibration = CalibrationSource(args.calibration, samples=args.calibration_samples)
     if Path(args.out).exists():
         raise ConfigError(f"{args.out} already exists; choose another --out or remove it")
@@ -130,6 +131,9 @@ def cmd_compare(args, console):
 def cmd_inspect(args, console):
     from rich.table import Table
 
+    from .artifact import Artifact
+
+    Artifact.load(args.artifact, graph=False)  # not an artifact: said before any graph library is imported
     from .calibration import CalibrationSource
     from .inspect_layers import inspect
 

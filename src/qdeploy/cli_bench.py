@@ -63,14 +63,19 @@ def cmd_bench(args, console):
 
     scenario = LatencyScenario(warmup=args.warmup, min_reps=args.min_reps, min_time_s=args.min_time_s)
     rounds = RoundsScenario(rounds=args.rounds)
-    artifacts = [Artifact.load(directory, verify=True) for directory in args.artifacts]
     for name in args.runtimes or []:
-        runtimes.get(name)  # an unknown runtime fails now, with the list
-    baseline = _baseline(args.baseline, artifacts) if args.baseline else None
-    for artifact in artifacts + ([baseline[0]] if baseline and baseline[0] else []):
-        positions = artifact.max_positions()  # every mistake before the first (slow) import of transformers
+        runtimes.get(name)  # an unknown runtime fails now, with the list, before any graph library is imported
+    for artifact in [Artifact.load(directory, graph=False) for directory in args.artifacts]:
+        positions = artifact.max_positions()  # every mistake before the first (slow) import of a graph library
         if positions and args.seq_len > positions:
             raise ConfigError(f"--seq-len {args.seq_len} is beyond what {artifact.name} allows ({positions} positions)")
+    artifacts = [Artifact.load(directory, verify=True) for directory in args.artifacts]
+    baseline = _baseline(args.baseline, artifacts) if args.baseline else None
+    if baseline and baseline[0]:
+        positions = baseline[0].max_positions()
+        if positions and args.seq_len > positions:
+            raise ConfigError(f"--seq-len {args.seq_len} is beyond what {baseline[0].name} allows "
+                              f"({positions} positions)")
     plans = _plans(args, artifacts)  # a runtime that cannot run an artifact fails now, not under the progress bars
     if baseline and baseline[0] is None:
         from . import models

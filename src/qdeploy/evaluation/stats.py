@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 RESAMPLES = 2000
 SIGNIFICANCE = 0.05
+# Two one-sided tests at 5 % each: equivalence within ±t is shown when the 90 % interval lies inside it.
+TOST_CONFIDENCE = 1 - 2 * SIGNIFICANCE
 CHUNK_VALUES = 1 << 22  # floats gathered per block of resamples (32 MB): a BLEU stack of 2,000 x 3,003 x 10 is 480 MB
 
 
@@ -90,6 +92,9 @@ class Paired:
     p: float  # exact McNemar for a binary metric; paired-bootstrap two-sided p otherwise
     test: str  # e.g. "exact McNemar, 4 lost vs 9 gained" / "paired bootstrap, 2000 resamples"
     n: int
+    # The 90 % interval of delta that the equivalence test (TOST) reads; None: low..high (an older record)
+    tost_low: float | None = None
+    tost_high: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,13 +113,25 @@ def paired(metric: Metric, items, base_items, seed: int = 0, resamples: int = RE
         right, base_right = items[:, 0] > 0.5, base[:, 0] > 0.5
         lost, gained = int((base_right & ~right).sum()), int((right & ~base_right).sum())
         return Paired(delta, low, high, mcnemar(lost, gained), f"exact McNemar, {lost} lost vs {gained} gained",
-                      len(items))
+                      len(items), *paired_proportions(lost, gained, len(items)))
     # Two-sided: how often a resampled delta lies as far from the observed one as zero does (the bootstrap
     # distribution shifted to the null); +1 on both sides so a finite number of resamples never claims p = 0.
     finite = deltas[np.isfinite(deltas)]
     extreme = int((np.abs(finite - delta) >= abs(delta)).sum())
     p = min(1.0, (extreme + 1) / (len(finite) + 1))
-    return Paired(delta, low, high, p, f"paired bootstrap, {resamples} resamples", len(items))
+    return Paired(delta, low, high, p, f"paired bootstrap, {resamples} resamples", len(items),
+                  *_percentiles(deltas, TOST_CONFIDENCE))
+
+
+def paired_proportions(lost: int, gained: int, n: int, confidence: float = TOST_CONFIDENCE) -> tuple[float, float]:
+    """Interval of the difference of two paired proportions (variant - fp32): Agresti and Min's (2005) adjusted Wald
+    interval, half an item added to each cell of the paired table. A bootstrap of a binary difference collapses to
+    0..0 when no item changed, as if 64 identical answers proved the loss to be nil; this interval does not."""
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    g, lo, m = gained + 0.5, lost + 0.5, n + 2
+    centre = (g - lo) / m
+    half = z * math.sqrt(max(0.0, (g + lo) - (g - lo) ** 2 / m)) / m
+    return centre - half, centre + half
 
 
 @dataclass(frozen=True)
@@ -147,19 +164,32 @@ def _unit(metric: Metric, tolerance: Tolerance, *values: float) -> str:
     return ""
 
 
-def _p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+def _tolerance_text(metric: Metric, tolerance: Tolerance) -> str:
+    if tolerance.kind == "relative":
+        return f"{100 * tolerance.amount:g} %"
+    if metric.scale in ("unit", "points"):
+        points = tolerance.amount * (100 if metric.scale == "unit" else 1)
+        return f"{points:g} point{'s' * (points != 1)}"
+    unit = f" {tolerance.unit}" if tolerance.unit not in ("unit", "points", "") else ""
+    return f"{tolerance.amount:g}{unit}"
 
 
 def judge(metric: Metric, value: float, fp32_value: float, pair: Paired | None,
           tolerance: Tolerance | None = None) -> Verdict:
-    """Whether a variant's quality is within tolerance of fp32, judged on the paired comparison, not the point value.
+    """Whether a variant's quality is within tolerance of fp32: an equivalence test on the paired difference.
 
-    gain is the delta signed so that positive is better (flipped for a lower-is-better metric), gain_low..gain_high
-    its 95 % interval likewise; t is the tolerance in the metric's units (relative: amount x |fp32 value|).
-    absolute/relative: qualifies iff gain_low >= -t (the whole interval is within tolerance), or gain >= -t and
-    p >= 0.05 (the point loss is within tolerance and not significant). floor: qualifies iff value >= amount.
-    Without a pair (no per-item data) the point value decides, gain >= -t, and the phrase says so.
+    gain is the delta signed so that positive is better (flipped for a lower-is-better metric); t is the tolerance
+    in the metric's units (relative: amount x |fp32 value|). Two one-sided tests at 5 % each (TOST), read from the
+    pair's 90 % interval of the difference:
+    - the whole interval above 0: "better" (qualifies);
+    - the whole interval inside ±t: "equivalent within t" (qualifies);
+    - the interval above -t and reaching past +t: "no worse by more than t" (qualifies);
+    - the whole interval below -t: "worse by more than t";
+    - otherwise the interval straddles -t: "not enough data to tell".
+    More items give a narrower interval, so for a given difference the verdict can only move from "not enough data"
+    to a decision as the sample grows: it never calls a larger sample worse than a smaller one.
+    floor: qualifies iff value >= amount. Without a pair (no per-item data) the point value decides, gain >= -t,
+    and the phrase says so.
     """
     tolerance = tolerance or metric.tolerance
     if tolerance.kind == "floor":
@@ -171,7 +201,7 @@ def judge(metric: Metric, value: float, fp32_value: float, pair: Paired | None,
     t = tolerance.amount * (abs(fp32_value) if tolerance.kind == "relative" else 1.0)
     sign = 1.0 if metric.higher_is_better else -1.0
     delta = pair.delta if pair else value - fp32_value
-    gain = sign * delta
+    within = _tolerance_text(metric, tolerance)
 
     def show(*xs: float) -> str:  # differences as delta (variant - fp32): a % of fp32 for a relative tolerance
         if tolerance.kind == "relative" and fp32_value:
@@ -179,19 +209,19 @@ def judge(metric: Metric, value: float, fp32_value: float, pair: Paired | None,
         return "..".join(_amount(metric, x) for x in xs) + _unit(metric, tolerance, *xs)
 
     if pair is None:
-        ok = gain >= -t
+        ok = sign * delta >= -t
         return Verdict(ok, f"{'within tolerance' if ok else 'loss beyond tolerance'}: {show(delta)} "
                            "(point value only, no per-item data)")
-    gain_low = min(sign * pair.low, sign * pair.high)
-    within = gain_low >= -t
-    insignificant = gain >= -t and pair.p >= SIGNIFICANCE
-    if within or insignificant:
-        if gain > 0 and pair.p < SIGNIFICANCE:
-            return Verdict(True, f"significantly better ({show(delta)}, {_p(pair.p)})")
-        if within:
-            return Verdict(True, f"within tolerance (interval {show(pair.low, pair.high)})")
-        return Verdict(True, f"no significant loss ({show(delta)}, {_p(pair.p)})")
-    if gain >= -t:  # a significant loss inside the tolerance whose interval reaches past it
-        return Verdict(False, f"significant loss, may exceed tolerance (interval {show(pair.low, pair.high)}, "
-                              f"{_p(pair.p)})")
-    return Verdict(False, f"loss beyond tolerance: {show(delta)} ({_p(pair.p)})")
+    low = pair.low if pair.tost_low is None else pair.tost_low
+    high = pair.high if pair.tost_high is None else pair.tost_high
+    gain_low, gain_high = sorted((sign * low, sign * high))
+    interval_text = f"90 % interval {show(low, high)}"
+    if gain_low > 0:
+        return Verdict(True, f"better ({interval_text})")
+    if gain_low >= -t and gain_high <= t:
+        return Verdict(True, f"equivalent within {within} ({interval_text})")
+    if gain_low >= -t:
+        return Verdict(True, f"no worse by more than {within} ({interval_text})")
+    if gain_high < -t:
+        return Verdict(False, f"worse by more than {within} ({interval_text})")
+    return Verdict(False, f"not enough data to tell within {within} ({interval_text}, {pair.n} items)")
