@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -15,21 +14,64 @@ SST2_DEV = SHARED / "data" / "sst2" / "dev.tsv"
 STSB_TEST = SHARED / "data" / "stsb" / "sts-test.tsv"
 
 
-# A test module that names one of these needs the real models and data of ../shared; the others (parsing, reports,
-# registries, the import contract) are pure and run anywhere.
-_NEEDS_SHARED = re.compile(r"SHARED|STORIES|SST2|STSB|sst2_|resolve\(None\)|default_parents")
+_SUITE = __name__.rpartition(".")[0] or "tests"  # this test package: its helpers are followed, libraries are not
+
+
+def _under_shared(value) -> bool:
+    if isinstance(value, (str, Path)):
+        try:
+            return Path(value).resolve().is_relative_to(SHARED.resolve())
+        except (OSError, ValueError):
+            return False
+    if isinstance(value, (list, tuple)):
+        return any(_under_shared(v) for v in value)
+    if isinstance(value, dict):
+        return any(_under_shared(v) for v in value.values())
+    return False
+
+
+def _code_needs_shared(code, scope: dict, seen: set) -> bool:
+    """Whether a function's code reaches ../shared: a global it names holds a path under it, or a function of the
+    test suite that it names (or a function nested in it) does, followed through every call by name."""
+    if code in seen:
+        return False
+    seen.add(code)
+    for name in code.co_names:
+        value = scope.get(name)
+        if _under_shared(value):
+            return True
+        function = getattr(value, "__wrapped__", value)
+        inner = getattr(function, "__code__", None)
+        if inner is not None and str(getattr(function, "__module__", "")).startswith(_SUITE) and \
+                _code_needs_shared(inner, function.__globals__, seen):
+            return True
+    return any(_code_needs_shared(const, scope, seen) for const in code.co_consts if hasattr(const, "co_names"))
+
+
+def _needs_shared(item) -> bool:
+    """What this one test uses: its own code, its fixtures' code (and theirs, as pytest resolved them), and its
+    parameters. Pure tests in a module that also holds tests on real models still run."""
+    functions = [item.function]
+    info = getattr(item, "_fixtureinfo", None)
+    for name in item.fixturenames:
+        for fixture in (info.name2fixturedefs.get(name) or ()) if info else ():
+            functions.append(fixture.func)
+    seen: set = set()
+    for function in functions:
+        function = getattr(function, "__wrapped__", function)
+        code = getattr(function, "__code__", None)
+        if code is not None and _code_needs_shared(code, function.__globals__, seen):
+            return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return _under_shared(list(params.values()))
 
 
 def pytest_collection_modifyitems(config, items):
     if SST2_MODEL.is_dir():
         return
     skip = pytest.mark.skip(reason=f"needs the real models and data of {SHARED} (or set QDEPLOY_SHARED)")
-    needs = {}
     for item in items:
-        path = Path(str(item.fspath))
-        if path not in needs:
-            needs[path] = bool(_NEEDS_SHARED.search(path.read_text(encoding="utf-8")))
-        if needs[path]:
+        if _needs_shared(item):
             item.add_marker(skip)
 
 

@@ -9,7 +9,8 @@ import pytest
 from qdeploy import quantization
 from qdeploy.artifact import Artifact
 from qdeploy.calibration import CalibrationSource
-from qdeploy.errors import InputError, UnsupportedError
+from qdeploy.errors import InputError
+from qdeploy.machine import has_bf16
 from qdeploy.textdata import iter_rows, parse_hub_spec
 
 from .conftest import SHARED, SST2_DEV, SST2_MODEL
@@ -122,11 +123,10 @@ def test_no_method_writes_to_the_working_directory(method, sst2_onnx, sst2_openv
     options = {"eval": str(SST2_DEV), "tolerance": 1.0} if method in ("auto", "nncf-auto") else {}
     if method in ("qat", "nncf-qat"):
         options = {"train": str(TRAIN), "steps": 2}
-    try:
-        artifact = quantization.quantize(parent, quantization.make_config(method, options), tmp_path / "out",
-                                         CalibrationSource(str(TRAIN), samples=8))
-    except UnsupportedError:
-        pytest.skip(f"{method} cannot run on this machine")  # e.g. openvino-bf16 without bf16 units
+    if method == "openvino-bf16" and not has_bf16():  # what this one method needs of the machine, asked first;
+        pytest.skip("openvino-bf16 needs bf16 units, which this CPU lacks")  # a method that breaks fails
+    artifact = quantization.quantize(parent, quantization.make_config(method, options), tmp_path / "out",
+                                     CalibrationSource(str(TRAIN), samples=8))
     assert sorted(os.listdir(work)) == []
     assert artifact.manifest.method["peak_rss_delta_mb"] >= 0
 

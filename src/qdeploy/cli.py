@@ -20,9 +20,11 @@ def cmd_run(args, console):
     from .report import load_report
 
     if args.resume:
-        how = {"executor": args.executor, "address": args.address, "retries": args.retries}  # not what is run
+        # how the run goes on, not what it measures: these may change on --resume
+        how = {"executor": args.executor, "address": args.address, "retries": args.retries,
+               "keep_going": args.keep_going}
         given = [k for k, v in vars(args).items()
-                 if k not in ("resume", "debug", "command", "keep_going", *how) and v is not None]
+                 if k not in ("resume", "debug", "command", *how) and v is not None]
         if given:
             raise ConfigError(f"--resume continues a run with its own saved plan; drop --{given[0].replace('_', '-')}")
         plan = pipeline.load_resumable(Path(args.resume))
@@ -48,7 +50,7 @@ def cmd_run(args, console):
     if result.failures:
         console.print(f"{len(result.failures)} cell(s) not run, one line each above ('not run'); "
                       f"`qdeploy run --resume {report_path.parent}` tries them again")
-    if result.failed and not args.keep_going:
+    if result.failed and not plan.keep_going:
         print(f"qdeploy: error: the run failed: {result.summary()}; the report lists why (--keep-going: exit 0 "
               "anyway)", file=sys.stderr)
         return 1

@@ -131,6 +131,7 @@ def _plan_from_args(args):
               "batch_sizes": args.batch_sizes,
               "seq_len": args.seq_len, "threads": args.threads, "warmup": args.warmup, "min_reps": args.min_reps,
               "min_time_s": args.min_time_s, "rounds": args.rounds, "strict_timing": args.strict_timing,
+              "keep_going": args.keep_going,
               "throughput_streams": args.throughput_streams,
               "new_tokens": args.new_tokens, "timing": args.timing, "out": args.out, "allow_pickle": args.allow_pickle,
               "trust_remote_code": args.trust_remote_code,

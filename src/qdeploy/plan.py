@@ -71,6 +71,7 @@ class Plan:
     # its 95 % interval over rounds)
     rounds: int = 15
     strict_timing: bool = False  # a measurement on a busy machine is an error instead of a marked row
+    keep_going: bool = False  # a run whose every requested method or runtime failed still exits 0 (failures listed)
     # metric -> the largest loss that still qualifies a variant, in the metric's own units (accuracy 0.01 = 1 point;
     # perplexity a fraction of fp32's; cosine the floor); unnamed metrics keep their defaults (`qdeploy list`)
     tolerance: dict[str, float] = field(default_factory=dict)
