@@ -36,8 +36,9 @@ def _code_needs_shared(code, scope: dict, seen: set) -> bool:
     if code in seen:
         return False
     seen.add(code)
+    imported = _imported_in(code)
     for name in code.co_names:
-        value = scope.get(name)
+        value = imported.get(name, scope.get(name))
         if _under_shared(value):
             return True
         function = getattr(value, "__wrapped__", value)
@@ -46,6 +47,24 @@ def _code_needs_shared(code, scope: dict, seen: set) -> bool:
                 _code_needs_shared(inner, function.__globals__, seen):
             return True
     return any(_code_needs_shared(const, scope, seen) for const in code.co_consts if hasattr(const, "co_names"))
+
+
+def _imported_in(code) -> dict:
+    """What a function imports from the suite's own modules in its body (`from .test_architectures import tiny`)."""
+    import dis
+    import importlib
+
+    found, module = {}, None
+    for instruction in dis.get_instructions(code):
+        if instruction.opname == "IMPORT_NAME":
+            module = None
+            try:
+                module = importlib.import_module(f"{_SUITE}.{instruction.argval}")
+            except ImportError:
+                pass
+        elif instruction.opname == "IMPORT_FROM" and module is not None and hasattr(module, instruction.argval):
+            found[instruction.argval] = getattr(module, instruction.argval)
+    return found
 
 
 def _needs_shared(item) -> bool:

@@ -13,7 +13,7 @@ LAYERS = {
     "cli": {"qdeploy", "__main__", "cli", "cli_bench", "cli_docs", "cli_parsers", "cli_progress", "cli_run",
             "cli_table"},
     "run": {"pipeline", "work", "baseline", "executors", "storage", "package", "report", "inspect_layers",
-            "predictor"},
+            "predictor", "claims"},
     "tools": {"quantization", "exporters", "evaluation", "benchmarking", "calibration"},
     "runtimes": {"runtimes"},
     "core": {"artifact", "config", "engine_files", "errors", "formats", "gguf_source", "machine", "models", "plan",
