@@ -39,6 +39,8 @@ def _quantize(parents, fmt, method, options, tmp_path):
 
 
 def _linear_names(parent) -> set[str]:
+    """The Linear layers whose weights are a float matrix in the written graph: all of them in an fp32 parent, the
+    ones a method left float in a quantized artifact (read from the graph, not from its notes)."""
     return {layer.name for layer in backend(parent.format).read(parent.model_path).linears()}
 
 
@@ -48,6 +50,13 @@ def test_smoothquant_keeps_the_down_projections_float_unless_asked(parents, fmt,
     assert artifact.precision == "int8"
     graph = backend(fmt).read(parents[fmt].model_path)  # OpenVINO keeps the tied LM head as one more Linear layer
     total, groups = len(graph.linears()), len(graph.groups())
+    # the down-projections are the Linear layers that read the intermediate width
+    import json
+
+    width = json.loads((parents[fmt].directory / "config.json").read_text())["intermediate_size"]
+    floats = backend(fmt).read(artifact.model_path).linears()
+    assert len(floats) == LAYERS and {layer.weight.shape[0] for layer in floats} == {width}, \
+        [(layer.name, layer.weight.shape) for layer in floats]
     assert artifact.manifest.notes == [f"alpha 0.5: {groups} activation groups smoothed; {total - LAYERS} of "
                                        f"{total} Linear layers int8, {LAYERS} feed-forward down-projections float "
                                        "(ffn_down_int8=false)"]
@@ -57,9 +66,10 @@ def test_smoothquant_keeps_the_down_projections_float_unless_asked(parents, fmt,
 def test_outlier_names_the_layers_it_keeps_float(parents, fmt, tmp_path):
     artifact = _quantize(parents, fmt, "outlier", {"threshold": 3.0}, tmp_path)
     assert artifact.precision == "int8-mixed"
-    kept = [note.split()[1] for note in artifact.manifest.notes if note.startswith("float: ")]
+    kept = sorted(_linear_names(artifact))
     total = len(_linear_names(parents[fmt]))
     assert 0 < len(kept) < total and set(kept) <= _linear_names(parents[fmt])
+    assert sorted(n.split()[1] for n in artifact.manifest.notes if n.startswith("float: ")) == kept  # notes true
     assert artifact.manifest.notes[0] == (f"threshold 3.0: {len(kept)} of {total} Linear layers kept in float, "
                                           f"{total - len(kept)} int8")
 
@@ -72,8 +82,7 @@ def test_outlier_keeps_the_lm_head_float_when_asked(parents, fmt, tmp_path):
     head = backend(fmt).head_layers(parents[fmt].model_path)
     assert head <= _linear_names(parents[fmt]) and len(head) == {"onnx": 0, "openvino": 1}[fmt]
     artifact = _quantize(parents, fmt, "outlier", {"threshold": 1e6, "lm_head_float": True}, tmp_path)
-    kept = [note.split()[1] for note in artifact.manifest.notes if note.startswith("float: ")]
-    assert kept == sorted(head)
+    assert _linear_names(artifact) == head
     if head:
         assert artifact.manifest.notes[0].endswith("(1 output layer(s) float by lm_head_float)")
     else:
@@ -84,6 +93,7 @@ def test_outlier_keeps_the_lm_head_float_when_asked(parents, fmt, tmp_path):
 def test_fp8_keeps_the_feed_forward_layers_float_when_asked(parents, fmt, tmp_path):
     artifact = _quantize(parents, fmt, "fp8", {"ffn_fp8": False}, tmp_path)
     assert artifact.precision == "fp8-e4m3"
+    assert len(_linear_names(artifact)) == FFN
     assert artifact.manifest.notes[0].endswith(f", {FFN} feed-forward layers float")
 
 
@@ -141,14 +151,42 @@ def test_nncf_mixed_4_and_8_bit_names_the_layers_that_fell_back(parents, tmp_pat
     assert len(summary.split(": ", 1)[1].split(", ")) == backup  # each one named
 
 
+def _openvino_ops(artifact) -> list:
+    import openvino as ov
+
+    return list(ov.Core().read_model(str(artifact.model_path)).get_ordered_ops())
+
+
 @pytest.mark.parametrize("fmt", RUNTIME)
-def test_weight_int8_keeps_activations_float_and_shrinks_the_weights(parents, fmt, tmp_path):
+def test_weight_int8_is_8_bit_weights_with_level_4_activations_on_onnx_and_float_activations_on_openvino(
+        parents, fmt, tmp_path):
+    """One name, two schemes, each read from the written graph: on ONNX every projection is a MatMulNBits of 8 bits
+    at accuracy level 4, which rounds the activations to int8 per block of 32 at run time; on OpenVINO the weights
+    are int8 constants decompressed in the graph and no activation is quantized (no FakeQuantize)."""
+    import onnx
+
     artifact = _quantize(parents, fmt, "weight-int8", {}, tmp_path)
     assert artifact.precision == "int8-weights"
+    assert not _linear_names(artifact)  # no float weight matrix left, the head included
     # every weight matrix int8, the embedding table and the tied head included (ONNX gives the head its own weight)
     assert artifact.size_mb() < 0.6 * parents[fmt].size_mb()  # stories260K: its tokenizer files are a third of it
     if fmt == "onnx":
-        assert not _float_matrices(artifact) and len(artifact.manifest.notes) == 4 and _fused_kernels(artifact)
+        nodes = [n for n in onnx.load(str(artifact.model_path)).graph.node if n.op_type == "MatMulNBits"]
+        levels = {(a.name, onnx.helper.get_attribute_value(a)) for n in nodes for a in n.attribute
+                  if a.name in ("bits", "accuracy_level")}
+        assert nodes and levels == {("bits", 8), ("accuracy_level", 4)}, levels
+        assert not _float_matrices(artifact) and _fused_kernels(artifact)
+        assert not [n for n in onnx.load(str(artifact.model_path)).graph.node
+                    if n.op_type in ("DynamicQuantizeLinear", "MatMulInteger", "QuantizeLinear")]
+    else:
+        ops = _openvino_ops(artifact)
+        assert not [op for op in ops if op.get_type_name() == "FakeQuantize"]
+        import openvino as ov
+
+        int8 = [op for op in ops if op.get_type_name() == "Constant"
+                and op.get_element_type() in (ov.Type.u8, ov.Type.i8)
+                and len(op.get_output_shape(0)) == 2 and min(op.get_output_shape(0)) > 1]
+        assert len(int8) >= len(_linear_names(parents[fmt]))
 
 
 def test_aliases_are_the_same_algorithm_with_their_own_defaults():
@@ -211,35 +249,48 @@ def test_a_plan_runs_one_algorithm_on_each_format_it_names():
 STORIES_TEXT = SHARED / "data" / "tinystories" / "valid-head.txt"  # the calibration text, scored by perplexity
 
 
+# Perplexity on the calibration text, fp32 3.193 on both formats; all-int8 loses 0.057 on ONNX Runtime and ~10 on
+# OpenVINO, whose first candidates within these tolerances keep 4 (+0.037) and 16 (+0.074) layers float (AMD EPYC
+# Zen 2): each tolerance lies about 0.01 from the candidates on either side of it.
+AUTO_TOLERANCE = {"onnx": 0.047, "openvino": 0.085}
+
+
 @pytest.mark.parametrize("fmt", RUNTIME)
 def test_auto_falls_back_to_float_until_the_tolerance_is_met(parents, fmt, tmp_path):
-    # Tolerance 0 on perplexity (lower is better): met at the latest when every layer is float, which is the fp32
-    # graph scored by the same runtime; each candidate before it is a real int8 model with its float islands.
-    options = {"eval": str(STORIES_TEXT), "metric": "perplexity", "tolerance": 0.0}
+    """A tolerance that all-int8 misses and an int8 candidate meets: what is written keeps some layers float and the
+    rest int8 (read from the graph), and scores within the tolerance when the test scores it itself."""
+    from qdeploy import evaluation
+    from qdeploy.tasks import for_generation
+    from transformers import AutoTokenizer
+
+    options = {"eval": str(STORIES_TEXT), "metric": "perplexity", "tolerance": AUTO_TOLERANCE[fmt]}
     artifact = _quantize(parents, fmt, "auto", options, tmp_path)
-    first, tried = artifact.manifest.notes[:2]
-    assert first.startswith("tolerance 0.0 met: perplexity ") and first.endswith("(static int8 for the rest)"), first
-    kept, total = (int(n) for n in first.split(" with ")[1].split(" Linear")[0].split(" of "))
-    assert total == len(_linear_names(parents[fmt]))
-    steps = [int(step.split(" -> ")[0]) for step in tried.split(": ", 1)[1].split(", ")]
-    assert steps[0] == 0 and steps[-1] == kept and set(steps) <= {0, 1, 2, 4, 8, 16, 32, total}
-    floats = [note.split()[1] for note in artifact.manifest.notes if note.startswith("float: ")]
-    assert len(floats) == kept and set(floats) <= _linear_names(parents[fmt])
-    sqnr = [float(note.split("(SQNR ")[1].split(" dB")[0]) for note in artifact.manifest.notes if "(SQNR" in note]
-    assert sqnr == sorted(sqnr)  # the least safe layers go back to float first
+    total = len(_linear_names(parents[fmt]))
+    floats = _linear_names(artifact)
+    assert 0 < len(floats) < total, (len(floats), total, artifact.manifest.notes[:2])
+    assert floats <= _linear_names(parents[fmt])
+    perplexity = evaluation.metric("perplexity")
+    ctx = evaluation.EvalContext(for_generation(AutoTokenizer.from_pretrained(str(STORIES))),
+                                 ["input_ids", "attention_mask"], max_positions=512)
+    fp32, chosen = (perplexity.evaluate(runtimes.load(a, RUNTIME[fmt]), ctx, str(STORIES_TEXT)).value
+                    for a in (parents[fmt], artifact))
+    assert chosen - fp32 <= AUTO_TOLERANCE[fmt] + 1e-6, (fp32, chosen)
+    assert chosen > fp32  # int8 layers remain, and they cost something: not the fp32 graph under another name
 
 
 @pytest.mark.parametrize("fmt", RUNTIME)
 def test_auto_weight_int4_names_the_layers_that_fell_back(parents, fmt, tmp_path):
     """Weight-only 4-bit with the accuracy-aware fallback: the same search, 4-bit group-wise weights instead of int8,
     ranked by simulated 4-bit weight error; the layers that fell back are named, least safe first."""
-    options = {"eval": str(STORIES_TEXT), "metric": "perplexity", "tolerance": 0.0, "mode": "weight-int4"}
+    # all-4-bit loses 0.35 perplexity on both formats; the first candidates within 0.21 keep 16 (ONNX, +0.18) and 32
+    # (OpenVINO, +0.13) layers float, the ones before them lose 0.25 and 0.24 (AMD EPYC Zen 2). Tolerance 0 would be
+    # met only with every layer float: a "4-bit" artifact without a 4-bit layer, which this test once let pass.
+    options = {"eval": str(STORIES_TEXT), "metric": "perplexity", "tolerance": 0.21, "mode": "weight-int4"}
     artifact = _quantize(parents, fmt, "auto", options, tmp_path)
     assert artifact.precision == "int4-mixed"
     assert artifact.manifest.notes[0].endswith("(4-bit weights for the rest)")
-    kept = int(artifact.manifest.notes[0].split(" with ")[1].split(" of ")[0])
-    floats = [note.split()[1] for note in artifact.manifest.notes if note.startswith("float: ")]
-    assert len(floats) == kept and set(floats) <= _linear_names(parents[fmt])
+    floats = _linear_names(artifact)  # read from the graph
+    assert floats <= _linear_names(parents[fmt]) and 0 < len(floats) < len(_linear_names(parents[fmt])), len(floats)
 
 
 def test_auto_refuses_dynamic_int8_on_openvino_before_any_work(parents, tmp_path):
