@@ -35,7 +35,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def genai_config(directory: Path, model_file: str, inputs: list[str], spec: dict[str, Any]) -> dict[str, Any] | None:
+def genai_config(directory: Path, model_file: str, inputs: list[str], spec: dict[str, Any],
+                 share_buffer: bool = False) -> dict[str, Any] | None:
     """ONNX Runtime GenAI's config for an ONNX decoder whose cache is carried as inputs and outputs (past and present
     in separate buffers), or None when the graph's cache does not fit its layout (one key and one value per layer,
     [batch, kv heads, sequence, head size])."""
@@ -78,15 +79,17 @@ def genai_config(directory: Path, model_file: str, inputs: list[str], spec: dict
         "model": {key: value for key, value in model.items() if value is not None},  # the engine refuses nulls
         # Greedy by default, as qdeploy measures; the engine's caller may override any of these per request.
         "search": {"do_sample": False, "num_beams": 1, "num_return_sequences": 1, "max_length": int(context),
-                   "min_length": 0, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+                   "min_length": 0, "past_present_share_buffer": share_buffer, "repetition_penalty": 1.0,
                    "temperature": 1.0, "top_k": 1, "top_p": 1.0, "early_stopping": True, "length_penalty": 1.0,
                    "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},
     }
 
 
-def write_genai_config(directory: Path, model_file: str, inputs: list[str], spec: dict[str, Any]) -> str | None:
-    """Write genai_config.json for an ONNX decoder; None when written, else why ONNX Runtime GenAI cannot load it."""
-    config = genai_config(directory, model_file, inputs, spec)
+def write_genai_config(directory: Path, model_file: str, inputs: list[str], spec: dict[str, Any],
+                       share_buffer: bool = False) -> str | None:
+    """Write genai_config.json for an ONNX decoder; None when written, else why ONNX Runtime GenAI cannot load it.
+    share_buffer: every layer's cache goes through GroupQueryAttention, so past and present may be one buffer."""
+    config = genai_config(directory, model_file, inputs, spec, share_buffer)
     if config is None:
         return "its cache is not one key and one value per layer, [batch, heads, sequence, head size]"
     (directory / GENAI_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")

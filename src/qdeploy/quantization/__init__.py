@@ -164,6 +164,15 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
             if fused:
                 notes.append(f"{fused} MatMulNBits reading one activation (query/key/value, gate/up) fused in "
                              "groups: one kernel each, as ONNX Runtime GenAI's builder lays them out")
+            # weight-only graphs, unless asked not to; the calibrated ones keep the layout their methods read
+            if result.precision.endswith("-weights") and getattr(config, "genai_form", None) is not False:
+                from .backends.onnx_genai_form import max_positions_of, to_genai_form_file
+
+                rewritten = to_genai_form_file(tmp / result.model_file, max_positions_of(parent.directory), whole=True)
+                if rewritten:
+                    notes.append(f"{rewritten} attention blocks, attention inputs and residual norms rewritten in "
+                                 "ONNX Runtime GenAI's form (GroupQueryAttention with rotary caches, "
+                                 "SkipSimplifiedLayerNormalization)")
         if kind == DECODER:
             # How the KV cache is carried does not change with the weights' precision.
             runtime_config = {**runtime_config, "decoder": parent.manifest.runtime_config["decoder"]}
@@ -176,8 +185,13 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
         copy_tokenizer(parent.directory, tmp)
         if kind == DECODER and parent.format == "onnx" and (parent.directory / GENAI_CONFIG).is_file():
             # The engine's config names this artifact's graph, which may not be the parent's file.
+            import onnx
+
+            from .backends.onnx_genai_form import uses_group_query_attention
+
+            graph = onnx.load(str(tmp / result.model_file), load_external_data=False)
             why_not = write_genai_config(tmp, result.model_file, list(parent.manifest.inputs),
-                                         runtime_config["decoder"])
+                                         runtime_config["decoder"], share_buffer=uses_group_query_attention(graph))
             notes += [f"onnxruntime-genai cannot load it: {why_not}"] if why_not else []
         method_record = {"name": the_method.name, "config": to_dict(config), "peak_rss_delta_mb": memory.delta_mb}
         if the_method.needs_calibration:

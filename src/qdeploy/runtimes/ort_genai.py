@@ -39,8 +39,13 @@ class OrtGenAIDecoder(Decoder):
         self._pad = int(genai.get("pad_token_id", self.pad_token_id))
         self._generator = None
         self._appended = 0
+        # One buffer for past and present (a GroupQueryAttention graph) is allocated at max_length for every row:
+        # each request asks for the length it needs, never the model's whole context.
+        self._shared = bool(json.loads((directory / GENAI_CONFIG).read_text(encoding="utf-8"))
+                            .get("search", {}).get("past_present_share_buffer", False))
+        self._length_hint: int | None = None
         self.settings = {"engine": f"onnxruntime-genai {og.__version__}", "threads": threads,
-                         "past_present_share_buffer": False, "loop": "engine (C++)"}
+                         "past_present_share_buffer": self._shared, "loop": "engine (C++)"}
 
     def _new(self, batch: int, max_length: int | None = None, min_length: int = 0):
         params = self._og.GeneratorParams(self.model)
@@ -50,7 +55,7 @@ class OrtGenAIDecoder(Decoder):
         self._appended = 0
 
     def reset(self, batch: int) -> None:
-        self._new(batch)
+        self._new(batch, max_length=self._length_hint)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits of the tokens fed. The engine (0.18) attends to every token it is given and numbers positions
@@ -74,10 +79,15 @@ class OrtGenAIDecoder(Decoder):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Logits of every position; a left-padded batch is run a row at a time (the padding's logits are 0)."""
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-        if mask is None or mask.all() or ids.shape[0] == 1:
-            return super().run({"input_ids": ids, "attention_mask": np.ones_like(ids) if mask is None else mask})
-        return {"logits": np.concatenate([super(OrtGenAIDecoder, self).run(
-            {"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]})["logits"] for i in range(ids.shape[0])])}
+        self._length_hint = min(self._context, ids.shape[1] + 1)  # one forward pass: its own length is enough
+        try:
+            if mask is None or mask.all() or ids.shape[0] == 1:
+                return super().run({"input_ids": ids, "attention_mask": np.ones_like(ids) if mask is None else mask})
+            return {"logits": np.concatenate([super(OrtGenAIDecoder, self).run(
+                {"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]})["logits"]
+                for i in range(ids.shape[0])])}
+        finally:
+            self._length_hint = None
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False, seed=0, temperature=1.0,
                  top_k=0, eos_token_id=-1) -> np.ndarray:

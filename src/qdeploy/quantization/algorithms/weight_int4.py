@@ -13,13 +13,16 @@ from ..backends import backend_for
 
 @dataclass(frozen=True)
 class WeightInt4:
-    FORMAT_OPTIONS: ClassVar[dict[str, str]] = {"accuracy_level": "onnx", "ratio": "openvino",
-                                                "data_aware": "openvino"}
+    FORMAT_OPTIONS: ClassVar[dict[str, str]] = {"accuracy_level": "onnx", "genai_form": "onnx",
+                                                "ratio": "openvino", "data_aware": "openvino"}
     group_size: int = 32  # weights sharing one scale (ONNX Runtime's block size, NNCF's group size)
     symmetric: bool = True  # int4_sym; false: int4_asym (a zero point per group)
     # ONNX Runtime: 4 = int8 compute, activations rounded to int8 per block at run time (fast on CPUs); 0 = fp32
     # compute (none: 4)
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
+    # ONNX: a decoder's graph rewritten in ONNX Runtime GenAI's form (GroupQueryAttention, fused residual norms;
+    # quantization/backends/onnx_genai_form.py); false keeps the exported layout (none: true)
+    genai_form: bool | None = None
     ratio: float | None = None  # NNCF: share of layers in 4-bit, the rest int8 (none: 1.0)
     data_aware: bool | None = None  # NNCF: use the calibration set to choose which layers stay int8 (none: false)
 

@@ -20,13 +20,16 @@ from ..backends import backend_for
 
 @dataclass(frozen=True)
 class WeightInt8:
-    FORMAT_OPTIONS: ClassVar[dict[str, str]] = {"group_size": "onnx", "accuracy_level": "onnx"}
+    FORMAT_OPTIONS: ClassVar[dict[str, str]] = {"group_size": "onnx", "accuracy_level": "onnx", "genai_form": "onnx"}
     symmetric: bool = False  # int8_sym; false: a zero point per scale (NNCF's int8_asym default)
     # ONNX Runtime: weights sharing one scale (none: 32; MatMulNBits has no per-channel 8-bit layout for widths
     # that are not a power of two, such as SmolLM2's 576)
     group_size: int | None = None
     # ONNX Runtime: 4 = int8 compute, activations rounded to int8 per block at run time; 1 = fp32 compute (none: 4)
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
+    # ONNX: a decoder's graph rewritten in ONNX Runtime GenAI's form (GroupQueryAttention, fused residual norms;
+    # quantization/backends/onnx_genai_form.py); false keeps the exported layout (none: true)
+    genai_form: bool | None = None
 
     def check_format(self, fmt: str) -> None:
         size = self.group_size
