@@ -172,3 +172,4 @@ def test_outcome_counts_what_was_asked_for():
     auto = outcome(Report(plan={"methods": [], "runtimes": ["auto"]}, results=[row("pytorch-fp32", "torch")],
                           skipped=[{"variant": "(all)", "runtime": "ort-cuda", "reason": "not installed"}]))
     assert not auto.failed  # a runtime that is not installed here was never tried
+    assert not auto.failures[0].retryable and some.failures[0].retryable

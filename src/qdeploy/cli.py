@@ -47,9 +47,9 @@ def cmd_run(args, console):
     print_report(console, report)
     print(report_path)
     result = outcome(report)
-    if result.failures:
+    if any(f.retryable for f in result.failures):
         console.print(f"{len(result.failures)} cell(s) not run, one line each above ('not run'); "
-                      f"`qdeploy run --resume {report_path.parent}` tries them again")
+                      f"`qdeploy run --resume {report_path.parent}` tries the failed ones again")
     if result.failed and not plan.keep_going:
         print(f"qdeploy: error: the run failed: {result.summary()}; the report lists why (--keep-going: exit 0 "
               "anyway)", file=sys.stderr)

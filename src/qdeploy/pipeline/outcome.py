@@ -21,6 +21,11 @@ class Failure:
     machine: str | None
     reason: str
 
+    @property
+    def retryable(self) -> bool:
+        """A runtime missing from this installation ("(all)" variants on one runtime, no machine) fails again."""
+        return not (self.variant == ALL and self.runtime != ALL and self.machine is None)
+
     def line(self) -> str:
         on = f" ({self.machine})" if self.machine else ""
         return f"{self.variant} on {self.runtime}{on}: {self.reason}"
