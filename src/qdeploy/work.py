@@ -19,9 +19,10 @@ from .artifact import Artifact
 from .baseline import BASELINE, FP32_VARIANTS, baseline_artifact
 from .benchmarking import (LatencyScenario, RssSampler, ThroughputScenario, benchmark_case, measure_concurrent,
                            measure_timings, throughput_runner)
-from .benchmarking.generation import GenerationScenario, generates, generation_rounds, measure_generation
+from .benchmarking.generation import GenerationScenario, OnDemand, generates, generation_rounds, measure_generation
 from .benchmarking.interleaved import Rounds, RoundsScenario, ratio, run_rounds
 from .benchmarking.latency import request
+from .benchmarking.memory import release_memory
 from .benchmarking.threads import ThreadChoice, choose_threads
 from .calibration import CalibrationSource
 from .errors import QdeployError
@@ -250,13 +251,18 @@ def speed_cell(run: RunContext, pairs: list[tuple[str, str]], cpus: int | None) 
             skipped[key] = str(exc)
             continue
         formats[key] = artifact.format
+        if sessions and generates(session):
+            # Loaded once here, so that one that fails is reported; then per turn, beside the reference alone.
+            del session
+            release_memory()
+            session = OnDemand(functools.partial(runtimes.load, artifact, runtime, threads))
         sessions[key] = session
     if not sessions:
         return {"skipped": "; ".join(skipped.values()) or "nothing to time", "session": SESSION}
     reference = next(iter(sessions))  # pairs come baseline first, then the fp32 artifacts, then the variants
     # A language model is timed as it is used: decoding, through each runtime's own generation loop (an engine's is
     # its C++ loop); one prefill call would rank runtimes by what a user waits for once, not per token.
-    decoding = all(generates(session) for session in sessions.values())
+    decoding = all(isinstance(session, OnDemand) or generates(session) for session in sessions.values())
     batches = {}
     for batch in run.scenarios.batch_sizes:
         if decoding:

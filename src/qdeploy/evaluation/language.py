@@ -16,13 +16,23 @@ from ..errors import InputError
 from . import EvalContext, Tolerance, check_path, heldout_texts, mean, ratio, register, scored
 
 GENERATIVE = ("text-generation",)
-TOKENS_PER_BATCH = 8192  # bounds the logits held at once: batch x length x vocabulary floats
+# What one call's logits (batch x length x vocabulary float32) may hold: a 262,144-token vocabulary makes 8,192
+# positions 8 GB, so the number of rows per call follows the vocabulary, not a token count.
+LOGIT_BYTES = 256 * 2**20
+
+
+def _rows_per_call(ctx: EvalContext, width: int) -> int:
+    vocabulary = max(len(ctx.tokenizer), 1)
+    return max(1, min(ctx.batch_size, LOGIT_BYTES // (4 * vocabulary * max(width, 1))))
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    """float32, as the logits are; the normalizer is summed in float64 (a float64 copy of every logit was 8 bytes
+    per vocabulary entry and position, twice over)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    top = logits.max(axis=-1, keepdims=True)
+    norm = np.log(np.exp(logits - top).sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
+    return logits - top - norm
 
 
 def left_pad(sequences: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +54,7 @@ def token_logprobs(session, sequences: list[list[int]], ctx: EvalContext) -> lis
     start = 0
     while start < len(order):
         longest = len(sequences[order[min(len(order) - 1, start + ctx.batch_size - 1)]])
-        size = max(1, min(ctx.batch_size, TOKENS_PER_BATCH // max(longest, 1)))
+        size = _rows_per_call(ctx, longest)
         chunk = order[start:start + size]
         ids, mask = left_pad([sequences[i] for i in chunk], pad)
         width = ids.shape[1]
@@ -167,9 +177,12 @@ def lastword(session, ctx: EvalContext, path=None):
 
 def _greedy(session, sequences: list[list[int]], ctx: EvalContext, pad: int) -> list[np.ndarray]:
     """The argmax prediction for every position 1..n-1 of each sequence (teacher forced)."""
-    out = []
-    for start in range(0, len(sequences), ctx.batch_size):
-        chunk = sequences[start:start + ctx.batch_size]
+    out: list[np.ndarray] = []
+    start = 0
+    while start < len(sequences):
+        size = _rows_per_call(ctx, max(map(len, sequences[start:start + ctx.batch_size])))
+        chunk = sequences[start:start + size]
+        start += size
         ids, mask = left_pad(chunk, pad)
         width = ids.shape[1]
         logits = session.run({"input_ids": ids, "attention_mask": mask})["logits"]
@@ -235,11 +248,15 @@ def _next_token_logprobs(session, ctx: EvalContext) -> tuple[np.ndarray, list[in
     """Log-probabilities at every position of the first held-out sentences, as float16 (what the baseline keeps),
     concatenated, and each sentence's number of positions."""
     sequences = [encode(ctx, text)[:HELDOUT_TOKENS] for text in heldout_texts()[:HELDOUT_SENTENCES]]
-    ids, mask = left_pad(sequences, int(ctx.tokenizer.pad_token_id or 0))
-    width = ids.shape[1]
-    logprobs = _log_softmax(session.run({"input_ids": ids, "attention_mask": mask})["logits"])
-    return (np.concatenate([logprobs[row, width - len(seq):] for row, seq in enumerate(sequences)]).astype(np.float16),
-            [len(seq) for seq in sequences])
+    size = _rows_per_call(ctx, max(map(len, sequences)))
+    kept = []
+    for start in range(0, len(sequences), size):
+        chunk = sequences[start:start + size]
+        ids, mask = left_pad(chunk, int(ctx.tokenizer.pad_token_id or 0))
+        width = ids.shape[1]
+        logprobs = _log_softmax(session.run({"input_ids": ids, "attention_mask": mask})["logits"])
+        kept += [logprobs[row, width - len(seq):].astype(np.float16) for row, seq in enumerate(chunk)]
+    return np.concatenate(kept), [len(seq) for seq in sequences]
 
 
 def _against_reference(session, ctx: EvalContext, compare, name: str):
@@ -252,8 +269,10 @@ def _against_reference(session, ctx: EvalContext, compare, name: str):
     if reference.shape != logprobs.shape:
         raise InputError(f"{name}: the fp32 reference has {reference.shape[0]} positions, this session "
                          f"{logprobs.shape[0]}; they must come from the same tokenizer")
-    per_position = compare(reference.astype(np.float64), logprobs.astype(np.float64))
-    sums = np.add.reduceat(per_position, np.cumsum([0] + lengths[:-1]))
+    # One sentence at a time: float64 copies of both whole arrays were 16 bytes per vocabulary entry and position.
+    bounds = np.cumsum([0] + lengths)
+    sums = np.array([compare(reference[a:b].astype(np.float64), logprobs[a:b].astype(np.float64)).sum()
+                     for a, b in zip(bounds[:-1], bounds[1:])])
     return scored(ratio, np.stack([sums, lengths], axis=1), logprobs)
 
 

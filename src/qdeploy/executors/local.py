@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..benchmarking.memory import release_memory
 from ..machine import gpus
 from ..plan import MachineSpec, Plan
 from ..progress import Progress
@@ -43,4 +44,6 @@ class LocalExecutor:
             result = cell.fn(*args)
             results[cell.key] = result
             done(cell, result)
+            release_memory()  # what the cell let go, before the next one loads its sessions
             tally.finish(cell, result, progress)
+
