@@ -16,8 +16,8 @@ LAYERS = {
             "predictor", "claims"},
     "tools": {"quantization", "exporters", "evaluation", "benchmarking", "calibration"},
     "runtimes": {"runtimes"},
-    "core": {"artifact", "config", "engine_files", "errors", "formats", "gguf_source", "machine", "models", "plan",
-             "progress", "registry", "tasks", "textdata"},
+    "core": {"artifact", "config", "engine_files", "errors", "formats", "gguf_source", "layer_plan", "layer_plan_graph",
+             "machine", "models", "plan", "progress", "registry", "tasks", "textdata"},
 }
 ORDER = list(LAYERS)
 CONSTANTS = {"__version__"}  # read from the root package by anyone: a string, not a dependency on the CLI

@@ -77,6 +77,8 @@ class Manifest:
     built_on: dict[str, Any] = field(default_factory=dict)  # cpu_model, isa flags, oneDNN cap where it was made
     package: dict[str, Any] = field(default_factory=dict)  # set by `qdeploy package`: measured metrics, versions
     notes: list[str] = field(default_factory=list)
+    # layers.json: what was done to each layer (layer_plan.py); None in exports and artifacts written before plans
+    layer_plan: str | None = None
     schema: str = MANIFEST_SCHEMA
 
     def to_json(self) -> str:

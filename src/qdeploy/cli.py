@@ -131,18 +131,31 @@ def cmd_compare(args, console):
 
 
 def cmd_inspect(args, console):
+    from rich.markup import escape
     from rich.table import Table
 
     from .artifact import Artifact
 
-    Artifact.load(args.artifact, graph=False)  # not an artifact: said before any graph library is imported
+    loaded = Artifact.load(args.artifact, graph=False)  # not an artifact: said before any graph library is imported
     from .calibration import CalibrationSource
-    from .inspect_layers import inspect
+    from .errors import UnsupportedError
+    from .inspect_layers import artifact_plan, inspect
 
+    plan = artifact_plan(loaded)
+    table = Table("layer", "weights", "activations", "granularity", "why", title=escape(plan.summary()))
+    for name, scheme in plan.layers.items():
+        table.add_row(escape(name), scheme.weights, scheme.activations, scheme.grain or "-", escape(scheme.why))
+    console.print(table)
+    for transform in plan.transforms:
+        console.print(escape(f"transform: {transform}"))
     # Beside the artifact, not inside: an artifact's directory holds exactly what its manifest lists.
     artifact = Path(args.artifact)
     out = Path(args.out) if args.out else artifact.parent / f"{artifact.resolve().name}.inspect.json"
-    result = inspect(args.artifact, CalibrationSource(args.calibration, samples=args.calibration_samples), out)
+    try:
+        result = inspect(args.artifact, CalibrationSource(args.calibration, samples=args.calibration_samples), out)
+    except UnsupportedError as exc:  # the plan above stands alone; the activation analysis needs more
+        console.print(escape(f"activation ranges and SQNR not measured: {exc}"))
+        return 0
     table = Table("layer", "int8", "activation max", "channels > 6", "int8 SQNR dB",
                   title=f"{result['quantized']} of {result['total']} Linear layers quantized")
     for layer in sorted(result["layers"], key=lambda l: l["int8_sqnr_db"]):

@@ -127,11 +127,15 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="directory for compare.json, compare.md and compare.html")
 
-    p = _sub(sub, "inspect", "per layer: quantized or float, scales, activation max, simulated int8 SQNR",
-             "For each Linear layer of a quantized ONNX artifact: whether it runs in int8, its activations' range "
-             "and outliers on real text, and the signal-to-noise ratio int8 would give it.")
+    p = _sub(sub, "inspect", "per layer: the layer plan (weights, activations, why float), then activation max and "
+                             "simulated int8 SQNR",
+             "First the artifact's layer plan: for each Linear layer, its weights, activations, granularity and why "
+             "it is float (layers.json, or read from the graph). Then, for an ONNX artifact whose fp32 parent sits "
+             "beside it: its activations' range and outliers on real text, and the signal-to-noise ratio int8 would "
+             "give it.")
     p.add_argument("artifact", metavar="ARTIFACT",
-                   help="an ONNX artifact (its fp32 parent must sit beside it, as in a run)")
+                   help="an ONNX or OpenVINO artifact (for the activation analysis: ONNX, with its fp32 parent beside "
+                        "it, as in a run)")
     p.add_argument("--calibration", default="builtin", metavar="SPEC",
                    help="text to measure activations on (as for quantize)")
     p.add_argument("--calibration-samples", type=int, metavar="N", default=64, help="number of samples (default 64)")

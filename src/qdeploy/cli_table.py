@@ -46,6 +46,9 @@ def print_report(console, report: Report):
     if busy:
         console.print(f"[yellow]busy[/yellow]: the machine was busy while timing ({escape('; '.join(busy))}); the "
                       "ratios come from interleaved rounds, use --strict-timing to refuse such a run")
+    for record in report.variants or []:  # variants of one method that did different things to their layers
+        if isinstance(record, dict) and isinstance(record.get("plan_differences"), str):
+            console.print(f"layer plan of {escape(str(record.get('name')))}: {escape(record['plan_differences'])}")
     for skip in report.skipped or []:
         on = f" ({skip['machine']})" if skip.get("machine") else ""
         console.print(f"[yellow]not run[/yellow] {skip['variant']} on {skip['runtime']}{on}: {escape(skip['reason'])}")

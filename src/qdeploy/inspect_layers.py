@@ -1,4 +1,5 @@
-"""`qdeploy inspect`: per Linear layer of an ONNX artifact, whether it is quantized, its scales, the largest
+"""`qdeploy inspect`: first the artifact's layer plan (what was done to each layer, from its layers.json or read from
+its graph), then, for an ONNX artifact with its fp32 parent beside it, per Linear layer its scales, the largest
 activation reaching it and its simulated int8 SQNR against fp32 - the why behind a method's quality."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .artifact import Artifact
 from .calibration import CalibrationSource
 from .calibration.statistics import activation_absmax
 from .errors import UnsupportedError
+from .layer_plan import LayerPlan, read_plan
 
 
 def _fp32_parent(artifact: Artifact) -> Artifact:
@@ -22,6 +24,25 @@ def _fp32_parent(artifact: Artifact) -> Artifact:
         raise UnsupportedError(f"inspect needs the fp32 parent of {artifact.directory} ({artifact.manifest.parent}) "
                                "beside it, as in a run's artifacts/ directory")
     return Artifact.load(parent, verify=True)
+
+
+def artifact_plan(artifact: Artifact) -> LayerPlan:
+    """The plan the artifact carries; for one written before plans travelled (or an export), the plan read from its
+    graph, with module names from the fp32 parent when it sits beside it. Needs no calibration data."""
+    plan = read_plan(artifact.directory, artifact.manifest)
+    if plan is not None:
+        return plan
+    from .layer_plan_graph import plan_from_graph
+
+    parent = artifact.directory.parent / (artifact.manifest.parent or "") / "manifest.json"
+    parent_graph = None
+    if artifact.manifest.parent and parent.is_file():
+        parent_graph = Artifact.load(parent.parent, graph=False).model_path
+    method = (artifact.manifest.method or {}).get("name", f"the {artifact.precision} export")
+    plan = plan_from_graph(artifact.format, artifact.model_path, method, parent_graph)
+    if plan is None:
+        raise UnsupportedError(f"inspect reads ONNX and OpenVINO graphs; {artifact.directory} is {artifact.format}")
+    return plan
 
 
 def _quantized_layers(model_path: Path) -> dict[str, dict]:
@@ -52,15 +73,15 @@ def _quantized_layers(model_path: Path) -> dict[str, dict]:
 
 
 def inspect(artifact_dir: str | Path, calibration: CalibrationSource, out: Path | None = None) -> dict:
+    artifact = Artifact.load(artifact_dir, verify=True)
+    if artifact.format != "onnx":
+        raise UnsupportedError(f"this analysis reads ONNX graphs; {artifact.directory} is {artifact.format}")
+    parent = _fp32_parent(artifact)
     from transformers import AutoTokenizer
 
     from .quantization.ort_methods import weight_matmuls
     from .quantization.sensitivity import layer_sqnr
 
-    artifact = Artifact.load(artifact_dir, verify=True)
-    if artifact.format != "onnx":
-        raise UnsupportedError(f"inspect reads ONNX graphs; {artifact.directory} is {artifact.format}")
-    parent = _fp32_parent(artifact)
     tokenizer = AutoTokenizer.from_pretrained(str(parent.directory))
     batches = list(calibration.batches(tokenizer, list(parent.manifest.inputs)))
     import onnx

@@ -79,10 +79,17 @@ class RunContext:
 
 
 def variant_record(artifact: Artifact) -> dict[str, Any]:
+    from .layer_plan import read_plan
+
     method = artifact.manifest.method or {}
-    return {"name": artifact.name, "format": artifact.format, "precision": artifact.precision,
-            "method": method.get("name"), "config": method.get("config"), "parent": artifact.manifest.parent,
-            "size_mb": artifact.size_mb(), "notes": artifact.manifest.notes}
+    record = {"name": artifact.name, "format": artifact.format, "precision": artifact.precision,
+              "method": method.get("name"), "config": method.get("config"), "parent": artifact.manifest.parent,
+              "size_mb": artifact.size_mb(), "notes": artifact.manifest.notes}
+    plan = read_plan(artifact.directory, artifact.manifest)
+    if plan is not None:  # the whole plan, so that a report is rendered and compared from report.json alone
+        record["layer_plan"] = plan.to_dict()
+        record["plan_summary"] = plan.summary()
+    return record
 
 
 def timed(fn):

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..artifact import Artifact, Manifest, copy_tokenizer, finalize, staging
 from ..engine_files import write_genai_config, write_openvino_tokenizers
+from ..layer_plan_graph import tag_openvino_modules
 from ..errors import ExportValidationError, UnsupportedError
 from ..machine import build_record, describe
 from ..models import ModelSource
@@ -267,6 +268,7 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
 
             with step(source.model_type, "converting to openvino"):
                 ov_model = _onnx_to_openvino(graph_dir / ONNX_FILE)
+                tag_openvino_modules(ov_model, graph_dir / ONNX_FILE)  # layer plans name modules on both formats
                 if stateful:
                     _make_stateful(ov_model, past_in, present_out)
                 ov.save_model(ov_model, str(tmp / OPENVINO_FILE), compress_to_fp16=False)

@@ -17,6 +17,7 @@ from ..report import write_reports
 from ..report.model import REPORT_SCHEMA, Report, Row
 from ..report.recommend import recommend
 from .check import Checked
+from ..layer_plan import mark_differences
 from .stages import Stages
 
 
@@ -25,6 +26,7 @@ def write(out: Path, checked: Checked, stages: Stages, variants: list[dict[str, 
     plan, source = checked.plan, checked.source
     rows = relate(rows, {m: tolerance_for(m, plan) for m in checked.metrics})
     default_storage = plan.storage is None
+    mark_differences(variants)
     for record in variants:
         record["path"] = f"artifacts/{record['name']}" if default_storage else f"{plan.storage}/{record['name']}"
     single = len(machines) == 1

@@ -9,7 +9,7 @@ its own defaults, registered for one format.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +31,10 @@ class MethodResult:
     precision: str
     runtime_config: dict[str, Any]
     notes: list[str]
+    # Why each layer a method kept float was kept float, by graph node name: the layer plan's `why` for those layers
+    # (the plan itself is read from the written graph, so it cannot say what was never done).
+    float_reasons: dict[str, str] = field(default_factory=dict)
+    transforms: tuple[str, ...] = ()  # graph-wide changes the graph does not show plainly (SmoothQuant's scales)
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,7 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
             why_not = write_genai_config(tmp, result.model_file, list(parent.manifest.inputs),
                                          runtime_config["decoder"], share_buffer=uses_group_query_attention(graph))
             notes += [f"onnxruntime-genai cannot load it: {why_not}"] if why_not else []
+        plan = _layer_plan(parent, the_method.name, tmp, result)
         method_record = {"name": the_method.name, "config": to_dict(config), "peak_rss_delta_mb": memory.delta_mb}
         if the_method.needs_calibration:
             method_record["calibration"] = to_dict(calibration)
@@ -200,10 +205,26 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
             format=parent.format, model_file=result.model_file, precision=result.precision, task=parent.manifest.task,
             source=parent.manifest.source, method=method_record, parent=parent.name,
             runtime_config=runtime_config, inputs=list(parent.manifest.inputs), outputs=list(parent.manifest.outputs),
-            libraries=describe()["libraries"], built_on=build_record(), notes=notes,
+            libraries=describe()["libraries"], built_on=build_record(), notes=notes, layer_plan=plan,
         )
         finalize(tmp, manifest)
     return Artifact.load(out)
+
+
+def _layer_plan(parent: Artifact, method_name: str, staged: Path, result: MethodResult) -> str | None:
+    """Write layers.json beside the graph, read back from what was written (after the rewrites above), and return
+    its name; None where no layer is quantized and no method said why one is float (fp16, openvino-bf16: their
+    precision is the whole graph's, and the manifest says it)."""
+    from ..layer_plan import LAYERS_FILE
+    from ..layer_plan_graph import plan_from_graph
+
+    encoder = ("the encoder graph kept fp32: this plan is the decoder's",) if parent.manifest.kind == SEQ2SEQ else ()
+    plan = plan_from_graph(parent.format, staged / result.model_file, method_name, parent.model_path,
+                           result.float_reasons, (*result.transforms, *encoder))
+    if plan is None or not (plan.quantized or result.float_reasons):
+        return None
+    plan.save(staged / LAYERS_FILE)  # the artifact's root, where the manifest's relative path points
+    return LAYERS_FILE
 
 
 def copy_model_files(parent: Artifact, target: Path) -> str:

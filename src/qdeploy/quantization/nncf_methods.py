@@ -45,4 +45,5 @@ def nncf_ptq(parent: Artifact, config: NncfPtq, calibration, target: Path, ctx):
     except nncf.ValidationError as exc:
         raise InputError(f"nncf-ptq: {exc}") from None
     return MethodResult(save_model(quantized, target), "int8", OPENVINO.runtime_config(),
-                        [f"preset {config.preset}, model_type transformer"])
+                        [f"preset {config.preset}, model_type transformer"],
+                        {n: "excluded by the user (nncf-ptq ignored_names)" for n in config.ignored_names})

@@ -112,4 +112,7 @@ def ort_static(parent: Artifact, config: OrtStatic, calibration, target: Path, c
     trt = {"TensorrtExecutionProvider": {"trt_int8_enable": True}}
     runtime_config = ONNX.runtime_config()
     runtime_config["onnxruntime"]["provider_options"] = trt
-    return MethodResult(MODEL_FILE, "int8", runtime_config, notes)
+    reasons = {n: "feed-forward: its input's range is too wide for per-tensor int8 (ort-static ffn_int8=false)"
+               for n in kept_float - set(config.exclude)}
+    reasons.update({n: "excluded by the user (ort-static exclude)" for n in config.exclude})
+    return MethodResult(MODEL_FILE, "int8", runtime_config, notes, reasons)

@@ -253,3 +253,15 @@ def speedup_text(speedup: Any, interval: Any, mark: str = "x", dash: str = "-", 
         return missing
     text = f"{speed:.2f}{mark}" + (f" {against}" if against else "")
     return text + (f" ({interval[0]:.2f}{dash}{interval[1]:.2f})" if interval else "")
+
+
+def plan_lines(variants: Any) -> list[str]:
+    """One line per variant that carried a layer plan (its summary, and how it differs from another variant of its
+    method), from the strings the run wrote into report.json's variants."""
+    lines = []
+    for record in _list(variants):
+        if isinstance(record, dict) and isinstance(record.get("plan_summary"), str):
+            lines.append(f"{record.get('name')} ({record.get('format')}): {record['plan_summary']}"
+                         + (f"; {record['plan_differences']}" if isinstance(record.get("plan_differences"), str)
+                            else ""))
+    return lines

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from .formatting import (DASH, GENERATION_COLUMNS, _concurrent, _fmt, _fmt_delta, _fmt_interval, _fmt_quality,
                          _generation_rows, _groups, _noisy, _num, _qualities, _quality_digits, _quality_matrix,
-                         _quality_unit, _timing_cell, _timings, _what_was_timed, machine_labels)
+                         _quality_unit, _timing_cell, _timings, _what_was_timed, machine_labels, plan_lines)
 from .html_parts import _CSS, _as, _Safe, _scalar, _table, _two_lines, _value_html
 from .model import Quality, Report, Row, as_report
 from .plot_svg import _esc, _label, latency_chart, pareto_figure, size_chart
@@ -324,6 +324,10 @@ def render_html(report: Report | dict) -> str:
                       "memory MB is what loading the variant added to the process (RSS delta); load s the time to "
                       "load it. The folded table holds tail latency, timing spread and the machine's load.")
     out += _per_shape("Latency", groups, latency_chart, "Bars show p50 latency; the thin whisker ends at p90.")
+    plans = plan_lines(report.variants)
+    if plans:  # what each variant did to its layers: a row name alone does not say (weight-int8 differs by format)
+        out += ["<h2>Layer plans</h2>", '<ul class="note">' + "".join(f"<li>{_esc(line)}</li>" for line in plans)
+                + "</ul>"]
     out += ["<h2>Model size</h2>", size_chart(_as(report.variants, list))]
     generation = [[(cell, "") for cell in row] for row in _generation_rows(results)]
     if generation:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .formatting import (DASH, GENERATION_COLUMNS, _concurrent, _fmt, _fmt_quality, _generation_rows, _groups,
                          _noisy, _num, _qualities, _quality_matrix, _timing_cell, _timings, _what_was_timed,
-                         machine_labels, speedup_text)
+                         machine_labels, plan_lines, speedup_text)
 from .model import Quality, Report, Row, as_report
 
 _FIXED_COLUMNS = ["variant", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms",
@@ -208,6 +208,11 @@ def render_markdown(report: Report | dict) -> str:
                   "|:---|" + "---:|" * len(columns)]
         lines += ["| " + _md(metric) + " | " + " | ".join(_md(_fmt_quality(cells.get((metric, v))))
                                                        for v, _ in columns) + " |" for metric in metrics] + [""]
+    plans = plan_lines(report.variants)
+    if plans:
+        lines += ["## Layer plans", "", "What each variant did to its Linear layers (w: weights, a: activations), read "
+                  "from the graph it wrote; variants of one method that did different things say how.", ""]
+        lines += [f"- {_md(line)}" for line in plans] + [""]
     generation = _generation_rows(report.results)
     if generation:
         lines += ["## Generation", "", "Greedy decoding with the KV cache; TTFT is the prefill of the prompt. Decode "

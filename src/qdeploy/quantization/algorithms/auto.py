@@ -197,8 +197,10 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx) -> Meth
     if width > 1:
         notes.append(f"candidates evaluated {width} at a time as parallel Ray tasks on one node")
     notes += [f"float: {n} (SQNR {sqnr[n]:.1f} dB)" for n in ranked[:k]]
+    reasons = {n: f"sensitive: simulated SQNR {sqnr[n]:.1f} dB, among the {k} layers {name} kept float to stay "
+                  f"within the tolerance" for n in ranked[:k]}
     return MethodResult(backend.model_file, "int4-mixed" if mode == "weight-int4" else "int8-mixed",
-                        backend.runtime_config(), notes)
+                        backend.runtime_config(), notes, reasons)
 
 
 TEXT = ("accuracy-aware fallback: static int8 (or mode=weight-int4: 4-bit weights), then the most sensitive layers (by "

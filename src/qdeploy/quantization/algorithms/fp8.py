@@ -34,7 +34,8 @@ def fp8(parent, config: Fp8, calibration, target: Path, ctx) -> MethodResult:
     notes = backend.fp8(parent.model_path, config.format, kept, target, calibration, ctx, parent)
     if kept:
         notes[0] += f", {len(kept)} feed-forward layers float"
-    return MethodResult(backend.model_file, f"fp8-{config.format}", backend.runtime_config(), notes)
+    return MethodResult(backend.model_file, f"fp8-{config.format}", backend.runtime_config(), notes,
+                        {n: "feed-forward layer (fp8 ffn_fp8=false)" for n in kept})
 
 
 register("fp8", Fp8, ("onnx", "openvino"), needs_calibration=True,

@@ -32,8 +32,8 @@ class NncfOutlier(Outlier):
 
 
 def outlier_layers(graph: LinearGraph, batches, threshold: float, always: frozenset[str] = frozenset()):
-    """The Linear layers whose input exceeds `threshold` somewhere (and those in `always`), largest first, with
-    their input's channel peaks."""
+    """The Linear layers whose input exceeds `threshold` somewhere (and those in `always`), largest first, each with
+    the reason it stays float; the number of Linear layers; the notes."""
     layers = graph.linears()
     peaks = absmax(graph.activations(sorted({layer.activation for layer in layers}), batches))
     largest = {layer.name: float(peaks[layer.activation].max()) for layer in layers}
@@ -44,7 +44,9 @@ def outlier_layers(graph: LinearGraph, batches, threshold: float, always: frozen
                                                   if always else "")]
     notes += [f"float: {layer.name} (max |input| {largest[layer.name]:.1f}, "
               f"{int((peaks[layer.activation] > threshold).sum())} channels above)" for layer in kept]
-    return [layer.name for layer in kept], len(layers), notes
+    reasons = {layer.name: "output layer kept float (lm_head_float)" if layer.name in always else
+               f"input peaks at {largest[layer.name]:.1f}, above the outlier threshold {threshold}" for layer in kept}
+    return reasons, len(layers), notes
 
 
 def outlier(parent, config: Outlier, calibration, target: Path, ctx) -> MethodResult:
@@ -52,17 +54,18 @@ def outlier(parent, config: Outlier, calibration, target: Path, ctx) -> MethodRe
     graph = backend.read(parent.model_path)
     ctx.progress(f"outlier: activation statistics on {calibration.samples} samples")
     head = frozenset(backend.head_layers(parent.model_path)) if config.lm_head_float else frozenset()
-    kept, total, notes = outlier_layers(graph, calibration.batches(ctx.tokenizer, list(parent.manifest.inputs)),
+    reasons, total, notes = outlier_layers(graph, calibration.batches(ctx.tokenizer, list(parent.manifest.inputs)),
                                         config.threshold, head)
     if config.lm_head_float and not head:
         notes.append("lm_head_float: the output is not produced by a Linear layer with a constant weight (a tied "
                      "lm_head read through a Transpose of the embedding table), so it is float already")
+    kept = list(reasons)
     ctx.progress(f"outlier: {len(kept)} of {total} layers stay float (threshold {config.threshold})")
     if len(kept) == total:  # nothing left to quantize: the float graph is the answer
         graph.save(target / backend.model_file)
     else:
         backend.int8(parent.model_path, kept, target, calibration, ctx, parent, config)
-    return MethodResult(backend.model_file, "int8-mixed", backend.runtime_config(), notes)
+    return MethodResult(backend.model_file, "int8-mixed", backend.runtime_config(), notes, reasons)
 
 
 TEXT = "outlier-aware mixed precision: Linear layers whose inputs exceed a threshold stay float, the rest "

@@ -101,7 +101,11 @@ def smoothquant(parent, config: SmoothQuant, calibration, target: Path, ctx) -> 
              + (f"all {layers} Linear layers int8" if not kept else
                 f"{layers - len(kept)} of {layers} Linear layers int8, {len(kept)} feed-forward down-projections "
                 "float (ffn_down_int8=false)")]
-    return MethodResult(backend.model_file, "int8", backend.runtime_config(), notes + per_group)
+    return MethodResult(backend.model_file, "int8", backend.runtime_config(), notes + per_group,
+                        {n: "feed-forward down-projection: reads the activation function's output (ffn_down_int8="
+                            "false)" for n in kept},
+                        (f"SmoothQuant: {len(scales)} activations divided by per-channel scales folded into the "
+                         f"weights reading them (alpha {config.alpha})",))
 
 
 TEXT = "SmoothQuant (alpha fixed or searched per layer): activation outliers moved into weights, then static int8 "
