@@ -25,6 +25,7 @@ class EvalContext:
     max_length: int = 128
     max_positions: int | None = None  # the model's context length (language-model windows)
     reference: dict[str, Any] = field(default_factory=dict)  # metric name -> the fp32 baseline's raw outputs
+    vocabulary: int = 0  # a language model's logits width, learned from its first call (which runs one row)
 
 
 @dataclass

@@ -22,8 +22,16 @@ LOGIT_BYTES = 256 * 2**20
 
 
 def _rows_per_call(ctx: EvalContext, width: int) -> int:
-    vocabulary = max(len(ctx.tokenizer), 1)
-    return max(1, min(ctx.batch_size, LOGIT_BYTES // (4 * vocabulary * max(width, 1))))
+    """One row until the logits' width is known (a model's vocabulary can exceed its tokenizer's)."""
+    if not ctx.vocabulary:
+        return 1
+    return max(1, min(ctx.batch_size, LOGIT_BYTES // (4 * ctx.vocabulary * max(width, 1))))
+
+
+def _logits(session, ctx: EvalContext, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    logits = session.run({"input_ids": ids, "attention_mask": mask})["logits"]
+    ctx.vocabulary = max(ctx.vocabulary, logits.shape[-1])
+    return logits
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -58,7 +66,7 @@ def token_logprobs(session, sequences: list[list[int]], ctx: EvalContext) -> lis
         chunk = order[start:start + size]
         ids, mask = left_pad([sequences[i] for i in chunk], pad)
         width = ids.shape[1]
-        logprobs = _log_softmax(session.run({"input_ids": ids, "attention_mask": mask})["logits"])
+        logprobs = _log_softmax(_logits(session, ctx, ids, mask))
         for row, i in enumerate(chunk):
             n = len(sequences[i])
             lp = logprobs[row, width - n:-1]
@@ -185,7 +193,7 @@ def _greedy(session, sequences: list[list[int]], ctx: EvalContext, pad: int) -> 
         start += size
         ids, mask = left_pad(chunk, pad)
         width = ids.shape[1]
-        logits = session.run({"input_ids": ids, "attention_mask": mask})["logits"]
+        logits = _logits(session, ctx, ids, mask)
         out += [logits[row, width - len(seq):-1].argmax(axis=-1) for row, seq in enumerate(chunk)]
     return out
 
@@ -248,13 +256,15 @@ def _next_token_logprobs(session, ctx: EvalContext) -> tuple[np.ndarray, list[in
     """Log-probabilities at every position of the first held-out sentences, as float16 (what the baseline keeps),
     concatenated, and each sentence's number of positions."""
     sequences = [encode(ctx, text)[:HELDOUT_TOKENS] for text in heldout_texts()[:HELDOUT_SENTENCES]]
-    size = _rows_per_call(ctx, max(map(len, sequences)))
-    kept = []
-    for start in range(0, len(sequences), size):
+    kept: list[np.ndarray] = []
+    start = 0
+    while start < len(sequences):
+        size = _rows_per_call(ctx, max(map(len, sequences)))
         chunk = sequences[start:start + size]
+        start += size
         ids, mask = left_pad(chunk, int(ctx.tokenizer.pad_token_id or 0))
         width = ids.shape[1]
-        logprobs = _log_softmax(session.run({"input_ids": ids, "attention_mask": mask})["logits"])
+        logprobs = _log_softmax(_logits(session, ctx, ids, mask))
         kept += [logprobs[row, width - len(seq):].astype(np.float16) for row, seq in enumerate(chunk)]
     return np.concatenate(kept), [len(seq) for seq in sequences]
 
