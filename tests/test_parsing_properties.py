@@ -1,4 +1,5 @@
 """Property-based: malformed plans and option strings always give a clean QdeployError, never a crash."""
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -54,3 +55,11 @@ def test_booleans_from_strings(value):
     assert quantization.make_config("ort-static", {"per_channel": value}).per_channel is True
 
 
+
+
+def test_numbered_choices_parse_from_the_command_line():
+    """`--option accuracy_level=4` arrives as text; a Literal[0, ..., 4] option takes it as the number it names."""
+    assert quantization.make_config("weight-int4", parse_options(["accuracy_level=4"])).accuracy_level == 4
+    assert quantization.make_config("weight-int4", parse_options(["head_bits=4"])).head_bits == 4
+    with pytest.raises(QdeployError, match="one of 4, 8"):
+        quantization.make_config("weight-int4", parse_options(["head_bits=3"]))

@@ -27,6 +27,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
     if origin is typing.Literal:
+        if isinstance(value, str) and value not in args:  # the command line's "4" for Literal[4, 8]
+            value = next((a for a in args if str(a).lower() == value.strip().lower()), value)
         if value not in args:
             raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
         return value

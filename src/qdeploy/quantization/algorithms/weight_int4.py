@@ -13,7 +13,7 @@ from ..backends import backend_for
 
 @dataclass(frozen=True)
 class WeightInt4:
-    FORMAT_OPTIONS: ClassVar[dict[str, str]] = {"accuracy_level": "onnx", "genai_form": "onnx",
+    FORMAT_OPTIONS: ClassVar[dict[str, str]] = {"accuracy_level": "onnx", "genai_form": "onnx", "head_bits": "onnx",
                                                 "ratio": "openvino", "data_aware": "openvino"}
     group_size: int = 32  # weights sharing one scale (ONNX Runtime's block size, NNCF's group size)
     symmetric: bool = True  # int4_sym; false: int4_asym (a zero point per group)
@@ -23,6 +23,8 @@ class WeightInt4:
     # ONNX: a decoder's graph rewritten in ONNX Runtime GenAI's form (GroupQueryAttention, fused residual norms;
     # quantization/backends/onnx_genai_form.py); false keeps the exported layout (none: true)
     genai_form: bool | None = None
+    # ONNX: bits of a tied lm_head's own copy (none: 8, as NNCF keeps the head; 4 as ONNX Runtime GenAI's builder)
+    head_bits: Literal[4, 8] | None = None
     ratio: float | None = None  # NNCF: share of layers in 4-bit, the rest int8 (none: 1.0)
     data_aware: bool | None = None  # NNCF: use the calibration set to choose which layers stay int8 (none: false)
 

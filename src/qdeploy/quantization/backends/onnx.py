@@ -201,9 +201,10 @@ class OnnxBackend:
         # not it is included, so an include list alone kept nothing float. The head is 8-bit below.
         model = _nbits(model, 4, config.group_size, config.symmetric, level, nodes, [*exclude, *filter(None, [head])])
         notes = [f"{len(nodes)} MatMul weights in 4-bit blocks of {config.group_size}"]
-        if head:  # 8 bits for the head and the table, as NNCF's 4-bit compression keeps them
-            model = _nbits(model, 8, 32, config.symmetric, level, [head], list(exclude))
-            notes.append(f"the tied lm_head ({head}) given its own weight, in 8-bit blocks of 32")
+        if head:  # 8 bits for the head and the table unless asked, as NNCF's 4-bit compression keeps them
+            bits, size = (4, config.group_size) if getattr(config, "head_bits", None) == 4 else (8, 32)
+            model = _nbits(model, bits, size, config.symmetric, level, [head], list(exclude))
+            notes.append(f"the tied lm_head ({head}) given its own weight, in {bits}-bit blocks of {size}")
         notes += _embeddings(model, config.symmetric)
         model.save_model_to_file(str(target / MODEL_FILE), use_external_data_format=False)
         return notes
