@@ -247,7 +247,9 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
     spec: dict[str, Any] = {"past_inputs": past_in, "present_outputs": present_out, "past_shape": past_shape,
                             "layers": layers, "pad_token_id": pad, "eos_token_id": eos, "stateful": False}
-    graph_opset = max(opset or arch.opset, ONNX_RUNTIME_OPSET if fmt_name == "onnx" and opset is None else BASE_OPSET)
+    # Opset 23 for OpenVINO too: its frontend turns the Attention op into ScaledDotProductAttention, the form its CPU
+    # kernels and OpenVINO GenAI run fast (decomposed from opset 18, attention was a MatMul/Softmax chain).
+    graph_opset = max(opset or arch.opset, ONNX_RUNTIME_OPSET if opset is None else BASE_OPSET)
     with staging(Path(out), overwrite=overwrite) as tmp:
         say(f"exporting to {fmt_name} with a KV cache ({layers} layers, opset {graph_opset})")
         graph_dir = tmp if fmt_name == "onnx" else Path(tempfile.mkdtemp(prefix="onnx-", dir=tmp))
@@ -256,7 +258,8 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
             # On the way to OpenVINO the weights go to a side file, which the ONNX frontend maps instead of copying.
             _write_onnx(_wrap(model, input_names, layers), example, [*input_names, *past_in],
                         ["logits", *present_out], past_in, graph_dir, graph_opset, large or fmt_name == "openvino",
-                        _grouped(model.config))
+                        # the frontend reads a grouped Attention's output as having the key heads' width
+                        _grouped(model.config) and fmt_name == "onnx")
         # The references are taken: the PyTorch model is not needed again, and the conversion and the validating
         # session come next, each about the model's size.
         del model, reference, prefix, past, example
@@ -271,6 +274,9 @@ def export(source: ModelSource, task_name: str, fmt_name: str, out: Path, *, ato
                 tag_openvino_modules(ov_model, graph_dir / ONNX_FILE)  # layer plans name modules on both formats
                 if stateful:
                     _make_stateful(ov_model, past_in, present_out)
+                # An engine that loads the folder as it is (OpenVINO GenAI) keeps an fp32 cache too: by default it
+                # stores keys and values in u8 for an attention it runs as ScaledDotProductAttention.
+                ov_model.set_rt_info("f32", ["runtime_options", "KV_CACHE_PRECISION"])
                 ov.save_model(ov_model, str(tmp / OPENVINO_FILE), compress_to_fp16=False)
             del ov_model
             shutil.rmtree(graph_dir)
