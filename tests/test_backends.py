@@ -1,6 +1,5 @@
 """Cross-backend templates (as NNCF's tests/cross_fw): one test body per algorithm, run on an ONNX and an OpenVINO
 parent of the same tiny model (stories260K), asserting the same observable contract on both."""
-import re
 
 import numpy as np
 import pytest
@@ -8,6 +7,8 @@ import pytest
 from qdeploy import exporters, models, quantization, runtimes
 from qdeploy.calibration import CalibrationSource
 from qdeploy.errors import ConfigError
+from qdeploy.layer_plan import LayerPlan, read_plan
+from qdeploy.layer_plan_graph import plan_from_graph
 from qdeploy.quantization.backends import backend
 
 from .conftest import SHARED, SST2_MODEL, STORIES
@@ -44,6 +45,28 @@ def _linear_names(parent) -> set[str]:
     return {layer.name for layer in backend(parent.format).read(parent.model_path).linears()}
 
 
+def _plan(artifact) -> LayerPlan:
+    """The layer plan the artifact carries (layers.json, read back from its graph when it was written)."""
+    plan = read_plan(artifact.directory, artifact.manifest)
+    assert plan is not None and plan.method == artifact.manifest.method["name"]
+    return plan
+
+
+def _floats(plan: LayerPlan) -> dict[str, str]:
+    """The layers a plan says kept float weights, with why."""
+    return {name: scheme.why for name, scheme in plan.layers.items() if not scheme.quantized}
+
+
+def _modules(parent) -> dict[str, str]:
+    """Each Linear layer's node name (what backends and quantizers call it) -> the PyTorch module a plan names it by,
+    from the float parent's plan read with each node's own name given as the reason it is float."""
+    names = _linear_names(parent)
+    plan = plan_from_graph(parent.format, parent.model_path, "fp32", float_reasons={n: n for n in names})
+    found = {scheme.why: module for module, scheme in plan.layers.items() if scheme.why in names}
+    assert set(found) == names, names - set(found)
+    return found
+
+
 @pytest.mark.parametrize("fmt", RUNTIME)
 def test_smoothquant_keeps_the_down_projections_float_unless_asked(parents, fmt, tmp_path):
     artifact = _quantize(parents, fmt, "smoothquant", {}, tmp_path)
@@ -57,9 +80,16 @@ def test_smoothquant_keeps_the_down_projections_float_unless_asked(parents, fmt,
     floats = backend(fmt).read(artifact.model_path).linears()
     assert len(floats) == LAYERS and {layer.weight.shape[0] for layer in floats} == {width}, \
         [(layer.name, layer.weight.shape) for layer in floats]
-    assert artifact.manifest.notes == [f"alpha 0.5: {groups} activation groups smoothed; {total - LAYERS} of "
-                                       f"{total} Linear layers int8, {LAYERS} feed-forward down-projections float "
-                                       "(ffn_down_int8=false)"]
+    plan = _plan(artifact)  # the same layers float in the plan, named by module, and why
+    modules = _modules(parents[fmt])
+    assert _floats(plan) == {modules[layer.name]: "feed-forward down-projection: reads the activation function's "
+                             "output (ffn_down_int8=false)" for layer in floats}
+    assert set(_floats(plan)) == {f"model.layers.{i}.mlp.down_proj" for i in range(LAYERS)}
+    # every other Linear layer static int8 (ONNX's tied head reads the int8 embedding table: weights only)
+    static = {name for name, s in plan.layers.items() if (s.weights, s.activations) == ("int8", "int8-static")}
+    assert static == {modules[n] for n in _linear_names(parents[fmt])} - set(_floats(plan)), plan.summary()
+    assert len(plan.layers) == total + (fmt == "onnx")  # the tied head is no Linear layer of ONNX's float graph
+    assert f"SmoothQuant: {groups} activations divided by per-channel scales" in plan.transforms[0]
 
 
 @pytest.mark.parametrize("fmt", RUNTIME)
@@ -69,24 +99,31 @@ def test_outlier_names_the_layers_it_keeps_float(parents, fmt, tmp_path):
     kept = sorted(_linear_names(artifact))
     total = len(_linear_names(parents[fmt]))
     assert 0 < len(kept) < total and set(kept) <= _linear_names(parents[fmt])
-    assert sorted(n.split()[1] for n in artifact.manifest.notes if n.startswith("float: ")) == kept  # notes true
-    assert artifact.manifest.notes[0] == (f"threshold 3.0: {len(kept)} of {total} Linear layers kept in float, "
-                                          f"{total - len(kept)} int8")
+    modules = _modules(parents[fmt])
+    plan = _plan(artifact)  # the plan names the layers the graph keeps float, each with the input peak that did it
+    assert set(_floats(plan)) == {modules[name] for name in kept}, plan.summary()
+    assert all(why.endswith("above the outlier threshold 3.0") for why in _floats(plan).values()), _floats(plan)
+    assert {s.weights for s in plan.layers.values() if s.quantized} == {"int8"}
+    assert len(plan.quantized) == total - len(kept) + (fmt == "onnx")  # and ONNX's tied head, int8 with the table
 
 
 @pytest.mark.parametrize("fmt", RUNTIME)
 def test_outlier_keeps_the_lm_head_float_when_asked(parents, fmt, tmp_path):
     """LLM.int8's checkpoints keep the output projection float: the Linear layer producing the logits (not the cache
     outputs), found from the graph. stories260K ties it to the embedding table: the ONNX export reads it through a
-    Transpose, so no recipe there quantizes it and the notes say so; OpenVINO folds it into one more Linear layer."""
+    Transpose, so lm_head_float cannot keep it float there: it reads the table static int8 quantizes, and the plan
+    says so (the notes claim "float already"); OpenVINO folds it into one more Linear layer, which stays float."""
     head = backend(fmt).head_layers(parents[fmt].model_path)
     assert head <= _linear_names(parents[fmt]) and len(head) == {"onnx": 0, "openvino": 1}[fmt]
     artifact = _quantize(parents, fmt, "outlier", {"threshold": 1e6, "lm_head_float": True}, tmp_path)
     assert _linear_names(artifact) == head
+    plan = _plan(artifact)
     if head:
-        assert artifact.manifest.notes[0].endswith("(1 output layer(s) float by lm_head_float)")
-    else:
-        assert "float already" in artifact.manifest.notes[-1]
+        assert _floats(plan) == {"lm_head": "output layer kept float (lm_head_float)"}
+    else:  # ONNX: the head reads the embedding table, which static int8 quantizes: the plan says the head is int8
+        assert not _floats(plan) and plan.layers["lm_head"].weights == "int8"
+        assert "shared with the embedding table" in plan.layers["lm_head"].why
+    assert len(plan.quantized) == len(plan.layers) - len(head) == 36 - len(head)
 
 
 @pytest.mark.parametrize("fmt", RUNTIME)
@@ -94,7 +131,15 @@ def test_fp8_keeps_the_feed_forward_layers_float_when_asked(parents, fmt, tmp_pa
     artifact = _quantize(parents, fmt, "fp8", {"ffn_fp8": False}, tmp_path)
     assert artifact.precision == "fp8-e4m3"
     assert len(_linear_names(artifact)) == FFN
-    assert artifact.manifest.notes[0].endswith(f", {FFN} feed-forward layers float")
+    plan = _plan(artifact)
+    modules = _modules(parents[fmt])
+    assert set(_floats(plan)) == {modules[n] for n in _linear_names(artifact)} == {
+        f"model.layers.{i}.mlp.{p}" for i in range(LAYERS) for p in ("gate_proj", "down_proj")}
+    assert all(why.startswith("feed-forward layer (fp8 ffn_fp8=false)") for why in _floats(plan).values())
+    # the other Linear layers read fp8 activations: int8 weights on ONNX, fp8 ones on OpenVINO
+    fp8 = {name for name, s in plan.layers.items() if s.quantized and s.activations == "fp8-e4m3"}
+    assert fp8 == {modules[n] for n in _linear_names(parents[fmt])} - set(_floats(plan))
+    assert {plan.layers[n].weights for n in fp8} == {{"onnx": "int8", "openvino": "fp8-e4m3"}[fmt]}
 
 
 def _fused_kernels(artifact) -> int:
@@ -109,16 +154,20 @@ def _fused_kernels(artifact) -> int:
 def test_weight_int4(parents, fmt, tmp_path):
     artifact = _quantize(parents, fmt, "weight-int4", {}, tmp_path)
     assert artifact.precision == "int4-weights"
-    # NNCF keeps 8-bit weights where no group size divides the width (stories260K's 172-wide down-projections), and
-    # the notes say so; MatMulNBits pads instead. Both keep the embedding table and the head 8-bit; on ONNX the
-    # tied head gets a weight of its own for that, and the notes say so.
-    notes = artifact.manifest.notes
+    # NNCF keeps 8-bit weights where no group size divides the width (stories260K's 172-wide down-projections);
+    # MatMulNBits pads instead, and keeps the embedding table and the head 8-bit (the tied head gets a weight of its
+    # own for that). Read from the plan and the graph.
+    plan = _plan(artifact)
+    eight = {name for name, s in plan.layers.items() if s.weights == "int8"}
+    assert len(plan.layers) == 36 and not _floats(plan)
+    assert eight == ({"lm_head"} if fmt == "onnx" else {f"model.layers.{i}.mlp.down_proj" for i in range(LAYERS)})
+    assert {(s.weights, s.grain) for s in plan.layers.values() if s.weights == "int4"} == {("int4", "block 32")}
     if fmt == "onnx":  # and the query/key/value and gate/up kernels fused (tests/test_engines.py reads the graph)
         import onnx
 
-        assert "tied lm_head" in notes[1] and "GatherBlockQuantized" in notes[2] and _fused_kernels(artifact)
-        assert not _float_matrices(artifact)
         ops = {n.op_type for n in onnx.load(str(artifact.model_path)).graph.node}
+        assert plan.layers["lm_head"].grain == "block 32" and "GatherBlockQuantized" in ops and _fused_kernels(artifact)
+        assert not _float_matrices(artifact)
         # heads of 8 cannot become GroupQueryAttention: the exported layout stays (tests/test_genai_form.py)
         assert "GroupQueryAttention" not in ops and "RMSNormalization" in ops
 
@@ -148,11 +197,18 @@ def test_weight_int4_keeps_excluded_layers_float(parents, fmt, tmp_path):
 
 def test_nncf_mixed_4_and_8_bit_names_the_layers_that_fell_back(parents, tmp_path):
     artifact = _quantize(parents, "openvino", "nncf-weight-int4", {"ratio": 0.6}, tmp_path)
-    summary = artifact.manifest.notes[1]
-    counts = re.match(r"(\d+) of (\d+) Linear layers 4-bit, (\d+) fell", summary).groups()
-    four, total, backup = map(int, counts)
-    assert four + backup == total and 0 < backup < total
-    assert len(summary.split(": ", 1)[1].split(", ")) == backup  # each one named
+    plan = _plan(artifact)
+    bits = {name: s.weights for name, s in plan.layers.items()}
+    four, backup = [n for n, b in bits.items() if b == "int4"], [n for n, b in bits.items() if b == "int8"]
+    assert len(four) + len(backup) == len(bits) == 36 and 0 < len(backup) < len(bits), plan.summary()
+    # each layer that fell back named, as the IR's constants say (the weight types NNCF wrote, by node name)
+    import openvino as ov
+
+    from qdeploy.quantization.backends.openvino import weight_types
+
+    written = weight_types(ov.Core().read_model(str(artifact.model_path)))
+    modules = _modules(parents["openvino"])
+    assert set(backup) == {modules[n] for n, kind in written.items() if "4" not in kind}
 
 
 def _openvino_ops(artifact) -> list:
@@ -271,8 +327,15 @@ def test_auto_falls_back_to_float_until_the_tolerance_is_met(parents, fmt, tmp_p
     artifact = _quantize(parents, fmt, "auto", options, tmp_path)
     total = len(_linear_names(parents[fmt]))
     floats = _linear_names(artifact)
-    assert 0 < len(floats) < total, (len(floats), total, artifact.manifest.notes[:2])
+    plan = _plan(artifact)
+    assert 0 < len(floats) < total, (len(floats), total, plan.summary())
     assert floats <= _linear_names(parents[fmt])
+    modules = _modules(parents[fmt])  # the plan names them, and why: the search's sensitivity ranking
+    assert set(_floats(plan)) == {modules[n] for n in floats}
+    assert all(why.startswith("sensitive: simulated SQNR") for why in _floats(plan).values())
+    result = artifact.manifest.method["result"]  # what the search found, as it recorded it
+    assert result["met"] and result["tolerance"] == AUTO_TOLERANCE[fmt] and result["float_layers"] == len(floats)
+    assert result["tried"][0]["float_layers"] == 0 and len(result["tried"]) >= 2  # all-int8 first, and missed
     perplexity = evaluation.metric("perplexity")
     ctx = evaluation.EvalContext(for_generation(AutoTokenizer.from_pretrained(str(STORIES))),
                                  ["input_ids", "attention_mask"], max_positions=512)
@@ -292,9 +355,12 @@ def test_auto_weight_int4_names_the_layers_that_fell_back(parents, fmt, tmp_path
     options = {"eval": str(STORIES_TEXT), "metric": "perplexity", "tolerance": 0.21, "mode": "weight-int4"}
     artifact = _quantize(parents, fmt, "auto", options, tmp_path)
     assert artifact.precision == "int4-mixed"
-    assert artifact.manifest.notes[0].endswith("(4-bit weights for the rest)")
     floats = _linear_names(artifact)  # read from the graph
     assert floats <= _linear_names(parents[fmt]) and 0 < len(floats) < len(_linear_names(parents[fmt])), len(floats)
+    plan = _plan(artifact)  # the rest 4-bit weights (or 8 where NNCF's group size fits no block), none static
+    assert set(_floats(plan)) == {_modules(parents[fmt])[n] for n in floats}
+    assert plan.dominant().weights == "int4" and artifact.manifest.method["result"]["mode"] == "weight-int4"
+    assert {s.activations for s in plan.layers.values() if s.quantized} <= {"float", "int8-dynamic-block"}
 
 
 def test_auto_refuses_dynamic_int8_on_openvino_before_any_work(parents, tmp_path):

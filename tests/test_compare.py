@@ -247,3 +247,49 @@ def test_quality_uses_the_same_metric_across_runs(tmp_path):
     cells = data["rows"][0]["by_run"]
     assert cells["a"]["quality_metric"] == "accuracy" and cells["a"]["quality_value"] == pytest.approx(0.8865)
     assert cells["b"]["quality_metric"] == "agreement"   # b has no accuracy: falls back to its own
+
+
+def _variant(name, fmt, activations, *, why="", method="weight-int8"):
+    """A report.json variant record as work.variant_record writes it: the plan and its summary."""
+    from qdeploy.layer_plan import LayerPlan, LayerScheme
+
+    scheme = LayerScheme("int8", activations, "block" if activations != "float" else "per-channel",
+                         32 if activations != "float" else None, True, why)
+    plan = LayerPlan(method, fmt, {f"layers.{i}.fc": scheme for i in range(4)})
+    return {"name": name, "format": fmt, "method": method, "layer_plan": plan.to_dict(),
+            "plan_summary": plan.summary()}
+
+
+def test_each_variants_plan_is_listed_and_runs_that_differ_say_how(tmp_path):
+    """One method on one format in two runs (another qdeploy, another ONNX Runtime): a row merged by name is only
+    the same thing if the plans agree, so the comparison lists each run's plan and says how they differ."""
+    a, b = _report(), _report(cpu="Intel Xeon", commit="cc9d3a3")
+    a["variants"] = [_variant("weight-int8", "onnx", "int8-dynamic-block"), _variant("w8-ov", "openvino", "float")]
+    b["variants"] = [_variant("weight-int8", "onnx", "float"), _variant("w8-ov", "openvino", "float", why="same"),
+                     {"name": "fp16", "format": "onnx", "method": "fp16"}]  # no plan: nothing listed
+    data, md, page = _compare(tmp_path, [_write(tmp_path, "a", a), _write(tmp_path, "b", b)])
+    first, second = (run["label"] for run in data["runs"])
+    plans = data["plans"]
+    assert [(v["run"], v["variant"]) for v in plans["variants"]] == [
+        (first, "weight-int8"), (first, "w8-ov"), (second, "weight-int8"), (second, "w8-ov")]
+    assert plans["variants"][0]["plan_summary"] == "w8 block 32 / a int8-dynamic-block, 4/4 layers quantized"
+    # only the ONNX pair differs: the OpenVINO plans differ in a reason, not in what was done
+    assert plans["differences"] == [{"method": "weight-int8", "format": "onnx", "runs": [first, second],
+                                     "variants": ["weight-int8", "weight-int8"], "differences": [
+                                         "activations int8-dynamic-block vs float on 4 layers",
+                                         "granularity block 32 vs per-channel on 4 layers"]}]
+    section = md.split("## Layer plans")[1]
+    assert f"| {second} | w8-ov | openvino | w8 per-channel / a float, 4/4 layers quantized |" in section
+    assert (f"- weight-int8 (onnx): weight-int8 in {first} vs weight-int8 in {second}: activations "
+            "int8-dynamic-block vs float on 4 layers; granularity block 32 vs per-channel on 4 layers") in section
+    assert "<h2>Layer plans</h2>" in page and "activations int8-dynamic-block vs float on 4 layers" in page
+    same = _report()
+    same["variants"] = a["variants"]
+    data, md, _ = _compare(tmp_path / "same", [_write(tmp_path, "a2", a), _write(tmp_path, "b2", same)])
+    assert data["plans"]["differences"] == [] and "did the same to the layers in every run" in md
+
+
+def test_runs_without_plans_show_no_plan_section(tmp_path, two_runs):
+    data, md, page = _compare(tmp_path, two_runs)
+    assert data["plans"] == {"variants": [], "differences": []}
+    assert "Layer plans" not in md and "Layer plans" not in page

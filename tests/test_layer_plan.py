@@ -79,6 +79,16 @@ def test_module_names_from_path_like_node_names():
     assert module_of("node_linear_3") is None
 
 
+def test_an_encoder_ir_names_its_layers_without_reading_the_parent(sst2_openvino, tmp_path):
+    """An IR converted from PyTorch carries module paths in its node names: the parent IR (read only for the module
+    tags of an IR converted from ONNX) is not loaded, so a parent that is not there changes nothing."""
+    from qdeploy.layer_plan_graph import plan_from_openvino
+
+    plan = plan_from_openvino(sst2_openvino.model_path, "fp32", parent=tmp_path / "absent.xml")
+    assert len(plan.layers) == 38 and "bert.encoder.layer.0.attention.self.query" in plan.layers
+    assert not plan.quantized and "classifier" in plan.layers
+
+
 # ---- plans read from real artifacts of stories260K (5 blocks of 7 Linear layers, and the tied lm_head) ----
 
 CALIBRATION_TEXT = SHARED / "data" / "tinystories" / "valid-head.txt"

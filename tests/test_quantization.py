@@ -7,6 +7,7 @@ from qdeploy.evaluation import stats
 from qdeploy.artifact import Artifact
 from qdeploy.calibration import CalibrationSource
 from qdeploy.errors import ConfigError, UnsupportedError
+from qdeploy.layer_plan import read_plan
 from qdeploy.quantization.backends import backend
 
 from .conftest import SHARED, SST2_DEV
@@ -144,15 +145,30 @@ def test_more_methods_on_the_real_classifier(method, options, runtime, max_drop,
     assert _accuracy(artifact, runtime, sst2_dev_200) >= fp32 - max_drop
 
 
+# The classifier's pooler and head: Gemm on ONNX, no Linear layer any method quantizes, float in every ONNX plan.
+HEADS = {"bert.pooler.dense", "classifier"}
+
+
+def _kept_float(artifact) -> dict[str, str]:
+    """The layers an artifact's plan says stayed float, with why; on ONNX, less the HEADS (checked float)."""
+    plan = read_plan(artifact.directory, artifact.manifest)
+    floats = {name: scheme.why for name, scheme in plan.layers.items() if not scheme.quantized}
+    if artifact.format == "onnx":
+        assert HEADS <= set(floats), plan.summary()
+        floats = {name: why for name, why in floats.items() if name not in HEADS}
+    assert {s.weights for s in plan.layers.values() if s.quantized} <= {"int8", "int4"}, plan.summary()
+    return floats
+
+
 def test_outlier_threshold_decides_which_layers_stay_float(sst2_onnx, tmp_path):
     kept = {}
     for threshold in (8.0, 1000.0):
         artifact = quantization.quantize(sst2_onnx, quantization.make_config("outlier", {"threshold": threshold}),
                                          tmp_path / str(threshold), CALIBRATION)
         kept[threshold] = len(backend("onnx").read(artifact.model_path).linears())  # float weights, from the graph
-        floats = [n for n in artifact.manifest.notes if n.startswith("float: ")]
-        assert len(floats) == kept[threshold] and all("max |input|" in note for note in floats)
-        assert all(float(n.split("max |input| ")[1].split(",")[0]) > threshold for n in floats)
+        floats = _kept_float(artifact)  # the same layers float in the plan, each with the peak that kept it
+        assert len(floats) == kept[threshold], sorted(floats)
+        assert all(why.endswith(f"above the outlier threshold {threshold}") for why in floats.values()), floats
     assert kept[8.0] > kept[1000.0] == 0
 
 
@@ -184,7 +200,10 @@ def test_auto_fallback_meets_tolerance_or_says_so(tolerance, met, sst2_onnx, tmp
     artifact = quantization.quantize(sst2_onnx, config, tmp_path / "auto",
                                      CalibrationSource(str(SHARED / "data" / "sst2" / "train-sample.tsv"), samples=64))
     kept = len(backend("onnx").read(artifact.model_path).linears())  # float weights, read from the graph
-    assert len([n for n in artifact.manifest.notes if n.startswith("float: ")]) == kept
+    floats = _kept_float(artifact)  # named by the plan, with the search's reason
+    assert len(floats) == kept and all(why.startswith("sensitive: simulated SQNR") for why in floats.values())
+    result = artifact.manifest.method["result"]  # what the search recorded
+    assert (result["met"], result["tolerance"], result["float_layers"]) == (met, tolerance, kept), result
     fp32 = _accuracy(sst2_onnx, "ort-cpu", SST2_DEV)
     if met:
         assert _accuracy(artifact, "ort-cpu", SST2_DEV) >= fp32 - 0.003
@@ -200,17 +219,23 @@ def test_nncf_auto_meets_a_tight_tolerance_and_lists_float_layers(sst2_openvino,
     config = quantization.make_config("nncf-auto", {"eval": str(dev), "tolerance": 0.003})
     calibration = CalibrationSource(str(SHARED / "data" / "sst2" / "train-sample.tsv"), samples=64)
     artifact = quantization.quantize(sst2_openvino, config, tmp_path / "auto", calibration)
-    assert artifact.manifest.notes[0].startswith("tolerance 0.003 met")
+    result = artifact.manifest.method["result"]  # what the search recorded
+    assert result["met"] and result["tolerance"] == 0.003, result
     floats = backend("openvino").read(artifact.model_path).linears()  # float weights, read from the graph
     assert 0 < len(floats) < 36  # some layers reverted to float, most stay int8
+    assert len(_kept_float(artifact)) == len(floats) == result["float_layers"]  # and the plan lists them
 
 
 def test_auto_dynamic_mode_with_a_relative_tolerance(sst2_onnx, sst2_dev_200, tmp_path):
     config = quantization.make_config("auto", {"eval": str(sst2_dev_200), "tolerance": 0.01, "relative": True,
                                                "mode": "dynamic"})
     artifact = quantization.quantize(sst2_onnx, config, tmp_path / "auto", CALIBRATION)
-    first = artifact.manifest.notes[0]
-    assert first.startswith("tolerance 0.01 met") and first.endswith("(dynamic int8 for the rest)"), first
+    result = artifact.manifest.method["result"]  # what the search recorded
+    assert result["met"] and (result["tolerance"], result["relative"], result["mode"]) == (0.01, True, "dynamic")
+    plan = read_plan(artifact.directory, artifact.manifest)  # the rest dynamic int8, read back from the graph
+    assert {s.activations for s in plan.layers.values() if s.quantized} == {"int8-dynamic"}, plan.summary()
+    assert len(_kept_float(artifact)) == result["float_layers"] and len(plan.quantized) == 36 - len(
+        _kept_float(artifact))
     graph = onnx.load(str(artifact.model_path), load_external_data=False).graph
     assert any(n.op_type in ("DynamicQuantizeLinear", "MatMulInteger") for n in graph.node)
     assert not any(n.op_type == "QuantizeLinear" for n in graph.node)  # no static QDQ pairs

@@ -219,12 +219,10 @@ def plan_from_onnx(path: Path, method: str, parent: Path | None = None, float_re
 
 
 def _ov_modules(model) -> dict[str, str]:
-    if model.has_rt_info(MODULES_KEY):
-        try:
-            return json.loads(model.get_rt_info(MODULES_KEY).astype(str))
-        except ValueError:
-            return {}
-    return {}
+    try:
+        return json.loads(model.get_rt_info(MODULES_KEY).astype(str)) if model.has_rt_info(MODULES_KEY) else {}
+    except ValueError:
+        return {}
 
 
 def _constant(node) -> list:
@@ -249,7 +247,10 @@ def plan_from_openvino(path: Path, method: str, parent: Path | None = None,
 
     core = ov.Core()
     model = core.read_model(str(path))
-    names = _ov_modules(model) or (_ov_modules(core.read_model(str(parent))) if parent is not None else {})
+    names = _ov_modules(model)
+    if not names and parent is not None and not any(module_of(op.get_friendly_name()) for op in model.get_ops()
+                                                    if op.get_type_name() == "MatMul"):  # node names not paths
+        names = _ov_modules(core.read_model(str(parent)))  # the tags, where the written IR lost them
     reasons = float_reasons or {}
     layers: dict[str, LayerScheme] = {}
     smoothed, tables = False, []

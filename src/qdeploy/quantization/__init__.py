@@ -35,6 +35,9 @@ class MethodResult:
     # (the plan itself is read from the written graph, so it cannot say what was never done).
     float_reasons: dict[str, str] = field(default_factory=dict)
     transforms: tuple[str, ...] = ()  # graph-wide changes the graph does not show plainly (SmoothQuant's scales)
+    # What the method found, for scripts and tests (a search's candidates, a fine-tune's losses): the manifest's
+    # method["result"]; the notes say the same for people and are rendered from it, never parsed.
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,8 @@ def quantize(parent: Artifact, config: Any, out: Path, calibration: CalibrationS
         method_record = {"name": the_method.name, "config": to_dict(config), "peak_rss_delta_mb": memory.delta_mb}
         if the_method.needs_calibration:
             method_record["calibration"] = to_dict(calibration)
+        if result.record:
+            method_record["result"] = result.record
         manifest = Manifest(
             format=parent.format, model_file=result.model_file, precision=result.precision, task=parent.manifest.task,
             source=parent.manifest.source, method=method_record, parent=parent.name,

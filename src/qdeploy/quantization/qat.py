@@ -36,7 +36,7 @@ from ..machine import has_vnni
 from . import MethodResult, register
 from .backends.onnx import ONNX
 from .backends.openvino import OPENVINO
-from .qat_export import export, quantizers, validate
+from .qat_export import export, quantizers, validate, validation_note
 from .qat_train import PROBE_ROWS, Plan, TrainingData, fine_tune, task_loss
 
 # NNCF compiles its CPU extension on first use and gives up after 60 s by default: on 2 busy cores the compile took
@@ -105,6 +105,7 @@ class Trained:
     student: Any  # the fake-quantized PyTorch model (NNCF hooks in place), trained
     teacher: Any  # the fp32 model it started from
     notes: list[str]
+    record: dict  # the fine-tune's summary (losses, scores by step) and whether it came from the cache
 
 
 def _load_teacher(parent: Artifact):
@@ -335,12 +336,15 @@ def fine_tuned(parent: Artifact, config: Qat, calibration, ctx) -> Trained:
         if (root / key).is_dir():
             ctx.progress(f"qat: reusing the fine-tuned model from {root / key}")
             student, record = _load(root / key, teacher)
-            return Trained(student, teacher, record["notes"] + [f"fine-tune reused from {CACHE_DIR}/{key}"])
+            return Trained(student, teacher, record["notes"] + [f"fine-tune reused from {CACHE_DIR}/{key}"],
+                           {"fine_tune": record.get("summary", {}), "fine_tune_cache": "reused"})
         student, notes = _insert_quantizers(teacher, config, calibration, ctx, input_names)
         summary = train(teacher, student) if train else {}
         notes += _training_notes(config, summary)
+        summary = json.loads(json.dumps(summary, default=float))  # plain numbers, as the cache and manifest hold them
         _save(root, key, student.eval(), {"notes": notes, "summary": summary})
-    return Trained(student, teacher, notes + [f"fine-tune cached in {CACHE_DIR}/{key} for the other format"])
+    return Trained(student, teacher, notes + [f"fine-tune cached in {CACHE_DIR}/{key} for the other format"],
+                   {"fine_tune": summary, "fine_tune_cache": "made"})
 
 
 def _build(parent: Artifact, config: Qat, calibration, target: Path, ctx, fmt: str, runtime: str,
@@ -372,7 +376,8 @@ def _fine_tune_and_export(parent: Artifact, config: Qat, calibration, target: Pa
     ctx.progress(f"qat: validating the {fmt} graph")
     check = validate(parent, target, model_file, fmt, runtime, runtime_config, trained.student, batches,
                      output_names)
-    return MethodResult(model_file, "int8", runtime_config, [*trained.notes, check])
+    return MethodResult(model_file, "int8", runtime_config, [*trained.notes, validation_note(check)],
+                        record={**trained.record, "validation": check})
 
 
 @register("qat", Qat, "onnx", needs_calibration=True,

@@ -205,9 +205,10 @@ def _noise_floor(student, batches, output_names) -> float:
 
 
 def validate(parent: Artifact, target: Path, model_file: str, fmt: str, runtime: str, runtime_config: dict,
-              student, batches, output_names) -> str:
+              student, batches, output_names) -> dict:
     """The exported graph against the fake-quantized PyTorch model on real held-out sentences; a misplaced or
-    mis-scaled quantizer is off by more than the model's own noise floor allows (FLOOR_FACTOR times it)."""
+    mis-scaled quantizer is off by more than the model's own noise floor allows (FLOOR_FACTOR times it). Returns
+    what was checked (`validation_note` says it in words)."""
     from .. import runtimes
 
     manifest = Manifest(format=fmt, model_file=model_file, precision="int8", task=parent.manifest.task,
@@ -228,5 +229,11 @@ def validate(parent: Artifact, target: Path, model_file: str, fmt: str, runtime:
                                     f"{error:.3g} against the fake-quantized PyTorch model, limit {limit:.3g} (its "
                                     f"own noise floor {floor:.3g}); the graph is not faithful")
     sentences = sum(len(next(iter(batch.values()))) for batch in batches)
-    return (f"validated on {runtime} against the fake-quantized PyTorch model on {sentences} sentences: relative "
-            f"error {error:.4f}, limit {limit:.4f} ({FLOOR_FACTOR:g}x its noise floor {floor:.4f} + {MIN_TOLERANCE})")
+    return {"runtime": runtime, "sentences": sentences, "relative_error": float(error), "limit": float(limit),
+            "noise_floor": float(floor)}
+
+
+def validation_note(check: dict) -> str:
+    return (f"validated on {check['runtime']} against the fake-quantized PyTorch model on {check['sentences']} "
+            f"sentences: relative error {check['relative_error']:.4f}, limit {check['limit']:.4f} ({FLOOR_FACTOR:g}x "
+            f"its noise floor {check['noise_floor']:.4f} + {MIN_TOLERANCE})")

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, InputError
 from . import _write_atomic, load_report
+from .compare_plans import plan_html, plan_markdown, plan_section
 from .formatting import DASH, _fmt, _fmt_quality, _groups, _num, _qualities
 from .html_parts import _CSS
 from .markdown import _md
@@ -175,7 +176,8 @@ def build_comparison(reports: list[Report | dict], names: list[str], dirs: list[
                        for label, r in zip(labels, reports)]
     return {"schema": COMPARE_SCHEMA, "runs": runs, "warnings": _warnings(runs, reports),
             "recommendations": recommendations,
-            "library_differences": _library_differences(runs), "rows": _merge_rows(runs, reports)}
+            "library_differences": _library_differences(runs), "rows": _merge_rows(runs, reports),
+            "plans": plan_section([(label, r.variants) for label, r in zip(labels, reports)])}
 
 
 def _recommendation_lines(data: dict) -> list[tuple[str, list[str]]]:
@@ -268,6 +270,7 @@ def render_compare_markdown(data: dict) -> str:
                  + [t for l in labels for t in _cell_texts(r["by_run"][l], mixed, _fmt_quality)] for r in rows]
         lines += [f"### {_md(_shape(batch, seq_len))}", ""] + ([note, ""] if note else [])
         lines += _md_table(header, cells, 2) + [""]
+    lines += plan_markdown(data.get("plans"))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -353,6 +356,7 @@ def render_compare_html(data: dict) -> str:
     out.append("<h2>Results</h2>")
     for (batch, seq_len), rows in groups:
         out += [f"<h3>{_esc(_shape(batch, seq_len))}</h3>", _html_results(rows, labels)]
+    out += plan_html(data.get("plans"))
     return "\n".join(out + ["</body></html>"]) + "\n"
 
 

@@ -189,18 +189,27 @@ def auto(parent: Artifact, config: Auto, calibration, target: Path, ctx) -> Meth
         loss, k, chosen = best
         for path in chosen.iterdir():  # the graph and, on OpenVINO, its weights file
             shutil.copy2(path, target / path.name)
-    met = loss <= allowed
-    notes = [(f"tolerance {config.tolerance} met" if met else f"tolerance {config.tolerance} NOT met; best found") +
-             f": {metric_name} {reference - sign * loss:.4f} vs fp32 {reference:.4f} with {k} of {len(ranked)} Linear "
-             f"layers in float ({SCHEME[mode]} for the rest)",
-             "tried (layers float -> value): " + ", ".join(f"{n} -> {v:.4f}" for n, v in tried)]
-    if width > 1:
-        notes.append(f"candidates evaluated {width} at a time as parallel Ray tasks on one node")
-    notes += [f"float: {n} (SQNR {sqnr[n]:.1f} dB)" for n in ranked[:k]]
+    record = {"metric": metric_name, "tolerance": config.tolerance, "relative": config.relative,
+              "met": bool(loss <= allowed), "fp32": float(reference), "value": float(reference - sign * loss),
+              "mode": mode, "float_layers": k, "layers": len(ranked), "parallel": width,
+              "tried": [{"float_layers": n, "value": float(v)} for n, v in tried]}
+    notes = _notes(record) + [f"float: {n} (SQNR {sqnr[n]:.1f} dB)" for n in ranked[:k]]
     reasons = {n: f"sensitive: simulated SQNR {sqnr[n]:.1f} dB, among the {k} layers {name} kept float to stay "
                   f"within the tolerance" for n in ranked[:k]}
     return MethodResult(backend.model_file, "int4-mixed" if mode == "weight-int4" else "int8-mixed",
-                        backend.runtime_config(), notes, reasons)
+                        backend.runtime_config(), notes, reasons, record=record)
+
+
+def _notes(r: dict) -> list[str]:
+    """The search's record (MethodResult.record, the manifest's method["result"]) in words."""
+    notes = [(f"tolerance {r['tolerance']} met" if r["met"] else f"tolerance {r['tolerance']} NOT met; best found") +
+             f": {r['metric']} {r['value']:.4f} vs fp32 {r['fp32']:.4f} with {r['float_layers']} of {r['layers']} "
+             f"Linear layers in float ({SCHEME[r['mode']]} for the rest)",
+             "tried (layers float -> value): " + ", ".join(f"{t['float_layers']} -> {t['value']:.4f}"
+                                                           for t in r["tried"])]
+    if r["parallel"] > 1:
+        notes.append(f"candidates evaluated {r['parallel']} at a time as parallel Ray tasks on one node")
+    return notes
 
 
 TEXT = ("accuracy-aware fallback: static int8 (or mode=weight-int4: 4-bit weights), then the most sensitive layers (by "
